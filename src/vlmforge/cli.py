@@ -1,0 +1,71 @@
+"""The `vlmforge` command line: a thin dispatcher over small command modules.
+
+Each subcommand lives in `vlmforge/commands/<name>.py` with `add_arguments(parser)` and
+`run(args) -> int`. Modules are imported only when their command runs (or its `--help` is asked
+for), so `vlmforge --help` stays fast and never imports torch.
+
+Run: `vlmforge --help`, `vlmforge build --help`, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from vlmforge.errors import VlmforgeError
+
+# name -> (module under vlmforge.commands, one-line help). Order is the order shown in --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "build": ("build", "join a vision model and an LLM into one VLM folder"),
+    "data": ("data", "convert, check and synthesise datasets (convert | check | synth)"),
+    "train": ("train", "train a VLM from a YAML recipe (resumable, multi-GPU)"),
+    "recipes": ("recipes", "list or copy the shipped training recipes"),
+    "export": ("export", "merge a checkpoint into a standard transformers folder"),
+    "chat": ("chat", "chat with a VLM: one prompt, interactive, or a batch file"),
+    "eval": ("eval", "generate and score captions / VQA answers"),
+    "serve": ("serve", "OpenAI-compatible API and chat web page"),
+    "bench": ("bench", "benchmark training and inference speed side by side"),
+    "demo": ("demo", "build and train a tiny VLM from scratch, offline, and prove it sees"),
+}
+
+
+def _load_command(name: str):
+    module_name, _ = COMMANDS[name]
+    return importlib.import_module(f"vlmforge.commands.{module_name}")
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The top-level parser; only the chosen subcommand's module is imported."""
+    parser = argparse.ArgumentParser(prog="vlmforge", description="Build, train, evaluate, serve and ship your own VLM.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (_, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _load_command(name).add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(_load_command(args.command).run(args) or 0)
+    except VlmforgeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

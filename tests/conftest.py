@@ -1,0 +1,7 @@
+"""Shared test set-up: offline hub, tiny models built from configs and saved to tmp folders."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
