@@ -1,0 +1,1 @@
+"""Data layer: record format, converters, checks, image loading, tokenisation, datasets."""

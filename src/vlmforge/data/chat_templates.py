@@ -1,0 +1,55 @@
+"""Chat templates: the ones vlmforge ships for tokenizers it trains itself, and the wrapper that
+lets any LLM's own template render multimodal content parts.
+
+Content parts are flattened the same way everywhere (training data, processor, server): an image
+part becomes the `<image>` placeholder, and consecutive parts are joined with a newline, so
+`[{"type": "image"}, {"type": "text", "text": "Hi"}]` renders exactly as the record string
+`"<image>\\nHi"` that the data layer trains on.
+"""
+
+IMAGE_PLACEHOLDER = "<image>"
+
+# Jinja that turns `messages` with content parts into `messages` with string content.
+_FLATTEN_CONTENT = (
+    "{%- set _flat = namespace(messages=[]) -%}"
+    "{%- for _m in messages -%}"
+    "{%- if _m['content'] is string or _m['content'] is none -%}"
+    "{%- set _flat.messages = _flat.messages + [_m] -%}"
+    "{%- else -%}"
+    "{%- set _text = namespace(value='') -%}"
+    "{%- for _part in _m['content'] -%}"
+    "{%- if not loop.first -%}{%- set _text.value = _text.value + '\\n' -%}{%- endif -%}"
+    "{%- if _part['type'] == 'image' or _part['type'] == 'image_url' -%}"
+    "{%- set _text.value = _text.value + '" + IMAGE_PLACEHOLDER + "' -%}"
+    "{%- elif _part['type'] == 'text' -%}{%- set _text.value = _text.value + _part['text'] -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set _flat.messages = _flat.messages + [{'role': _m['role'], 'content': _text.value}] -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set messages = _flat.messages -%}"
+)
+
+# Qwen2 / ChatML: <|im_start|>role\ncontent<|im_end|>\n
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+# Llama 3: <|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>
+LLAMA3_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif -%}"
+)
+
+CHATML_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def multimodal_chat_template(llm_template: str) -> str:
+    """Wrap an LLM's own chat template so it also accepts content parts (`{"type": "image"}`, ...)."""
+    return _FLATTEN_CONTENT + llm_template
