@@ -1,0 +1,103 @@
+"""Words, questions, answers and captions about shape scenes, in English and Chinese.
+
+Answers are short and canonical ("red", "bottom right", "two"; 红色, 右下, 两个) so exact match
+scores them. Every question names its object by an attribute that is unique in the scene (shape,
+colour or cell), so it has exactly one right answer, and the text alone says nothing about it.
+Captions name every cell of the grid in a fixed order, row by row:
+"top left: a red circle; top middle: nothing; …" / "左上：红色圆形；上中：无；…".
+"""
+
+from __future__ import annotations
+
+import random
+
+from vlmforge.data.synth_scenes import COLOUR_BY_NAME, GRID_SIZE, SHAPE_BY_NAME, Scene, SceneObject
+
+LANGUAGES = ("en", "zh")
+QUESTION_TYPES = ("colour", "shape", "position", "count")
+
+POSITION_NAMES = {
+    "en": (
+        ("top left", "top middle", "top right"),
+        ("middle left", "center", "middle right"),
+        ("bottom left", "bottom middle", "bottom right"),
+    ),
+    "zh": (("左上", "上中", "右上"), ("左中", "中间", "右中"), ("左下", "下中", "右下")),
+}
+COUNT_WORDS = {"en": ("one", "two", "three"), "zh": ("一个", "两个", "三个")}
+
+# (question type, object referent) → template per language; None referent: about the whole scene.
+QUESTION_TEMPLATES = {
+    ("colour", "shape"): {"en": "What color is the {shape}?", "zh": "{shape}是什么颜色？"},
+    ("colour", "position"): {"en": "What color is the shape at the {position}?", "zh": "{position}的形状是什么颜色？"},
+    ("shape", "colour"): {"en": "What shape is the {colour} object?", "zh": "{colour}的物体是什么形状？"},
+    ("shape", "position"): {"en": "What shape is at the {position}?", "zh": "{position}是什么形状？"},
+    ("position", "shape"): {"en": "Where is the {shape}?", "zh": "{shape}在哪里？"},
+    ("position", "colour"): {"en": "Where is the {colour} object?", "zh": "{colour}的物体在哪里？"},
+    ("count", None): {"en": "How many shapes are there?", "zh": "图中有几个形状？"},
+}
+CAPTION_PROMPTS = {"en": "Describe every cell of the grid.", "zh": "描述网格中的每一格。"}
+_EMPTY_CELL = {"en": "nothing", "zh": "无"}
+_CAPTION_JOINERS = {"en": (": ", "; "), "zh": ("：", "；")}
+
+
+def colour_word(colour: str, lang: str) -> str:
+    return colour if lang == "en" else COLOUR_BY_NAME[colour].zh
+
+
+def shape_word(shape: str, lang: str) -> str:
+    return shape if lang == "en" else SHAPE_BY_NAME[shape].zh
+
+
+def position_word(row: int, col: int, lang: str) -> str:
+    return POSITION_NAMES[lang][row][col]
+
+
+def answer_for(question_type: str, scene: Scene, obj: SceneObject | None, lang: str) -> str:
+    """The canonical short answer to a question of `question_type` about `obj` (or the whole scene)."""
+    if question_type == "colour":
+        return colour_word(obj.colour, lang)
+    if question_type == "shape":
+        return shape_word(obj.shape, lang)
+    if question_type == "position":
+        return position_word(obj.row, obj.col, lang)
+    if question_type == "count":
+        return COUNT_WORDS[lang][len(scene) - 1]
+    raise ValueError(f"unknown question type {question_type!r}")
+
+
+def ask(question_type: str, scene: Scene, lang: str, rng: random.Random) -> tuple[str, str]:
+    """A random (question, answer) pair of `question_type` about `scene` in `lang`."""
+    referents = [ref for (qtype, ref) in QUESTION_TEMPLATES if qtype == question_type]
+    referent = rng.choice(referents)
+    template = QUESTION_TEMPLATES[(question_type, referent)][lang]
+    obj = rng.choice(scene) if referent else None
+    question = template.format(**_referent_words(obj, lang)) if obj else template
+    return question, answer_for(question_type, scene, obj, lang)
+
+
+def _referent_words(obj: SceneObject, lang: str) -> dict[str, str]:
+    return {
+        "shape": shape_word(obj.shape, lang),
+        "colour": colour_word(obj.colour, lang),
+        "position": position_word(obj.row, obj.col, lang),
+    }
+
+
+def describe_scene(scene: Scene, lang: str) -> str:
+    """Caption naming every cell in a fixed order: "top left: a red circle; top middle: nothing; …"."""
+    by_cell = {obj.cell: obj for obj in scene}
+    label_sep, cell_sep = _CAPTION_JOINERS[lang]
+    parts = []
+    for cell in range(GRID_SIZE * GRID_SIZE):
+        row, col = divmod(cell, GRID_SIZE)
+        content = _object_phrase(by_cell[cell], lang) if cell in by_cell else _EMPTY_CELL[lang]
+        parts.append(position_word(row, col, lang) + label_sep + content)
+    return cell_sep.join(parts)
+
+
+def _object_phrase(obj: SceneObject, lang: str) -> str:
+    if lang == "en":
+        article = "an" if obj.colour[0] in "aeiou" else "a"
+        return f"{article} {obj.colour} {obj.shape}"
+    return colour_word(obj.colour, lang) + shape_word(obj.shape, lang)
