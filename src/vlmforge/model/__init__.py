@@ -1,0 +1,1 @@
+"""Model layer: compose a vision tower, a projector and a causal LM into transformers' Llava."""

@@ -1,0 +1,165 @@
+"""`build_vlm`: join a vision folder and an LLM folder into one transformers Llava folder.
+
+The result is exactly transformers' Llava family (vision tower → 2-layer GELU MLP → causal LM), so
+`AutoModelForImageTextToText` / `AutoProcessor` load it natively, without vlmforge and without
+`trust_remote_code`. The LLM's tokenizer gains an `<image>` token (embeddings resized) and keeps its
+own chat template; the processor expands each `<image>` into as many tokens as the projector emits.
+
+Run: `vlmforge build --vision VISION_DIR --llm LLM_DIR --out my-vlm`
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlmforge.config import option
+from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER, multimodal_chat_template
+from vlmforge.errors import ModelError
+from vlmforge.model.parts import (VisionPart, load_language_part, load_vision_part, read_language_config,
+                                  read_vision_config)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildConfig:
+    """How to compose the VLM; every field is a `vlmforge build` flag."""
+
+    vision: str = option("", "vision model folder or hub id (CLIP, SigLIP, other ViT backbones)")
+    llm: str = option("", "causal LM folder or hub id (Qwen2/2.5/3, Llama, ...)")
+    out: str = option("", "output folder")
+    projector: str = option("mlp", "mlp (Linear → GELU → Linear) or linear")
+    feature_layer: int | None = option(None, "vision hidden layer fed to the projector; default -2 for CLIP, -1 otherwise")
+    keep_cls: bool = option(False, "keep the CLS token of CLIP-like towers (dropped by default, as LLaVA does)")
+    dtype: str = option("auto", "auto keeps the LLM's dtype; or float32 / bfloat16 / float16")
+    seed: int = option(0, "seed for the projector's initialisation")
+
+
+def _resolve_dtype(name: str, llm_dtype):
+    import torch
+
+    if name == "auto":
+        return llm_dtype
+    try:
+        return getattr(torch, name)
+    except AttributeError:
+        raise ModelError(f"unknown dtype '{name}' (use auto, float32, bfloat16 or float16)") from None
+
+
+def add_image_token(tokenizer) -> int:
+    """Make `<image>` a special token of the tokenizer; returns its id."""
+    if IMAGE_PLACEHOLDER not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]})
+    tokenizer.image_token = IMAGE_PLACEHOLDER
+    return tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+
+
+def image_tokens_per_image(vision: VisionPart, keep_cls: bool) -> int:
+    """How many features (= `<image>` tokens) one image yields after feature selection."""
+    return vision.num_patches + (1 if vision.has_cls_token and keep_cls else 0)
+
+
+def make_llava_config(vision: VisionPart, llm_config, cfg: BuildConfig, image_token_id: int):
+    from transformers import LlavaConfig
+
+    feature_layer = cfg.feature_layer
+    if feature_layer is None:
+        feature_layer = -2 if vision.has_cls_token else -1
+    drop_cls = vision.has_cls_token and not cfg.keep_cls
+    if cfg.projector not in ("mlp", "linear"):
+        raise ModelError(f"unknown projector '{cfg.projector}' (use mlp or linear)")
+    return LlavaConfig(
+        vision_config=vision.model.config,
+        text_config=llm_config,
+        image_token_index=image_token_id,
+        image_seq_length=image_tokens_per_image(vision, cfg.keep_cls),
+        # "linear" keeps Llava's two Linear layers with no activation between them: one linear map.
+        projector_hidden_act="gelu" if cfg.projector == "mlp" else "linear",
+        vision_feature_select_strategy="default" if drop_cls else "full",
+        vision_feature_layer=feature_layer,
+        multimodal_projector_bias=True,
+        tie_word_embeddings=bool(getattr(llm_config, "tie_word_embeddings", False)),
+    )
+
+
+def make_processor(vision: VisionPart, tokenizer, cfg: BuildConfig):
+    from transformers import LlavaProcessor
+
+    drop_cls = vision.has_cls_token and not cfg.keep_cls
+    return LlavaProcessor(
+        image_processor=vision.image_processor,
+        tokenizer=tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy="default" if drop_cls else "full",
+        chat_template=multimodal_chat_template(tokenizer.chat_template),
+        image_token=IMAGE_PLACEHOLDER,
+        num_additional_image_tokens=1 if vision.has_cls_token else 0,
+    )
+
+
+def assemble_llava(vision_model, llm, llava_config):
+    """A Llava model whose vision tower and language model ARE the loaded modules (no weight copies)."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+    with torch.device("meta"):
+        vlm = LlavaForConditionalGeneration(llava_config)
+    vlm.model.vision_tower = vision_model
+    vlm.model.language_model = llm.get_decoder() if hasattr(llm, "get_decoder") else llm.base_model
+    vlm.lm_head = llm.get_output_embeddings()
+    vlm.model.multi_modal_projector = LlavaMultiModalProjector(llava_config).to(llm.dtype)
+    if llava_config.tie_word_embeddings:
+        vlm.lm_head.weight = vlm.get_input_embeddings().weight
+    return vlm
+
+
+def build_vlm(cfg: BuildConfig):
+    """Compose the VLM described by `cfg`; returns (model, processor), not yet saved."""
+    import torch
+
+    if not cfg.vision or not cfg.llm:
+        raise ModelError("both a vision model (--vision) and a language model (--llm) are needed")
+    read_vision_config(cfg.vision)  # fail fast on a wrong folder, before loading any weights
+    read_language_config(cfg.llm)
+    torch.manual_seed(cfg.seed)
+    llm, tokenizer = load_language_part(cfg.llm)
+    dtype = _resolve_dtype(cfg.dtype, llm.dtype)
+    llm = llm.to(dtype)
+    vision = load_vision_part(cfg.vision, dtype=dtype)
+    image_token_id = add_image_token(tokenizer)
+    if image_token_id >= llm.get_input_embeddings().weight.shape[0]:
+        llm.resize_token_embeddings(len(tokenizer))
+    llm_config = llm.config
+    llm_config.vocab_size = llm.get_input_embeddings().weight.shape[0]
+    llava_config = make_llava_config(vision, llm_config, cfg, image_token_id)
+    vlm = assemble_llava(vision.model, llm, llava_config)
+    vlm.config.pad_token_id = tokenizer.pad_token_id
+    vlm.generation_config.pad_token_id = tokenizer.pad_token_id
+    vlm.generation_config.eos_token_id = _eos_ids(tokenizer, llm)
+    log.info(
+        "built %s + %s: %d image tokens per image, projector %s, %s",
+        vision.model.config.model_type, llm_config.model_type, llava_config.image_seq_length, cfg.projector, dtype,
+    )
+    return vlm.eval(), make_processor(vision, tokenizer, cfg)
+
+
+def _eos_ids(tokenizer, llm) -> list[int]:
+    """End-of-turn ids: the LLM's own generation eos plus the tokenizer's eos."""
+    ids = getattr(llm.generation_config, "eos_token_id", None)
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def save_vlm(model, processor, out: str | Path) -> Path:
+    """Save model + processor into `out`, written to a temporary folder and renamed when complete."""
+    from vlmforge.utils.atomic import atomic_directory
+
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return Path(out)

@@ -1,0 +1,33 @@
+"""`load`: a vlmforge model folder (or any transformers Llava-family folder) → (model, processor).
+
+It is plain `AutoModelForImageTextToText` + `AutoProcessor`, with checks that turn the usual
+failures into one clear line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlmforge.errors import ModelError
+
+
+def load(path: str | Path, dtype: str | None = None, device: str | None = None):
+    """Load a VLM folder; returns (model in eval mode, processor)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = str(path)
+    if Path(path).exists() and not (Path(path) / "config.json").exists():
+        hint = " (a training checkpoint? run `vlmforge export` on it first)" if (Path(path) / "trainer_state.json").exists() else ""
+        raise ModelError(f"{path} has no config.json: not a model folder{hint}")
+    if not Path(path).exists() and path.startswith((".", "/", "~")):
+        raise ModelError(f"model folder not found: {path}")
+    torch_dtype = getattr(torch, dtype) if dtype else "auto"
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
+        processor = AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelError(f"cannot load a vision-language model from {path}: {error}") from None
+    if device:
+        model = model.to(device)
+    return model.eval(), processor
