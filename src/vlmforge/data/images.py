@@ -1,0 +1,101 @@
+"""Safe image loading, shared by training, `data check`, chat and the server, plus image-root lookup.
+
+    image = load_image("train2017/000000442786.jpg")          # PIL RGB image, fully decoded
+    image = load_image(request_bytes, max_pixels=20_000_000)  # bytes from a client work too
+
+Every failure is an `ImageError` (a `DataError`) whose `kind` says what went wrong (missing,
+undecodable, truncated, oversized) and whose message names the file, so one bad image can be
+reported or skipped instead of crashing a run.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from vlmforge.errors import DataError
+
+# Pillow's own decompression-bomb threshold (about 89.5 megapixels); larger images are refused.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+class ImageError(DataError):
+    """An image that cannot be used; `kind` is missing | undecodable | truncated | oversized."""
+
+    def __init__(self, kind: str, source: str, detail: str):
+        super().__init__(f"{source}: {kind} image ({detail})")
+        self.kind = kind
+        self.source = source
+        self.detail = detail
+
+
+def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Open, size-check, fully decode and convert an image to RGB; raises `ImageError`."""
+    if isinstance(source, (bytes, bytearray)):
+        return to_rgb(_decode(io.BytesIO(source), "<bytes>", max_pixels))
+    if not Path(source).is_file():
+        raise ImageError("missing", str(source), "no such file")
+    with open(source, "rb") as handle:
+        return to_rgb(_decode(handle, str(source), max_pixels))
+
+
+def _decode(handle, name: str, max_pixels: int):
+    """Header first (size check before any pixel is decoded), then every pixel."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            image = Image.open(handle)
+            _check_size(image, name, max_pixels)
+            image.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageError("oversized", name, str(error)) from error
+    except Image.UnidentifiedImageError as error:
+        raise ImageError("undecodable", name, "not a recognised image format") from error
+    except Exception as error:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
+        kind = "truncated" if "truncated" in str(error).lower() else "undecodable"
+        raise ImageError(kind, name, f"{type(error).__name__}: {error}") from error
+    return image
+
+
+def _check_size(image, name: str, max_pixels: int) -> None:
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageError("undecodable", name, f"empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError("oversized", name, f"{width}x{height} = {width * height} pixels > max {max_pixels}")
+
+
+def to_rgb(image):
+    """RGB copy of a PIL image; transparent pixels are composited onto white, not turned black."""
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resolve_image_path(path: str, roots: Sequence[str | Path] = ()) -> Path:
+    """Where an image path of a record lives on disk.
+
+    An absolute path is returned as is. A relative one is joined to the first root under which
+    the file exists; when none holds it, to the first root (so the error names a useful path),
+    or left relative when no root is given.
+    """
+    candidate = Path(path)
+    if candidate.is_absolute() or not roots:
+        return candidate
+    for root in roots:
+        joined = Path(root) / candidate
+        if joined.exists():
+            return joined
+    return Path(roots[0]) / candidate
