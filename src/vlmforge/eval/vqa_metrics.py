@@ -1,0 +1,118 @@
+"""VQA exact match after the standard answer normalisation, in English and Chinese.
+
+English follows the official VQA evaluation (vqaEval.py): lowercase; punctuation removed, except
+a period inside a number (`3.5`) and thousands commas squeezed (`1,000` -> `1000`); number words
+`zero`..`ten` (and `none`) -> digits; articles `a an the` dropped; apostrophe-less contractions
+repaired (`dont` -> `don't`). Chinese adds: full-width forms folded to ASCII (NFKC), Chinese
+punctuation removed, spaces next to Chinese characters removed, and a Chinese count with a
+measure word turned into digits (`两个` -> `2`, `三只猫` -> `3猫`, `3个` -> `3`; a bare `三` -> `3`).
+
+A prediction is correct when its normalised form equals that of any reference answer.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import defaultdict
+
+_NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}  # fmt: skip
+_ARTICLES = {"a", "an", "the"}
+_CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldnt": "couldn't", "didnt": "didn't",
+    "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't", "havent": "haven't",
+    "hes": "he's", "im": "i'm", "isnt": "isn't", "itd": "it'd", "ive": "i've", "shes": "she's",
+    "shouldnt": "shouldn't", "thats": "that's", "theres": "there's", "theyre": "they're",
+    "wasnt": "wasn't", "werent": "weren't", "whats": "what's", "wont": "won't", "wouldnt": "wouldn't",
+    "youre": "you're", "youve": "you've",
+}  # fmt: skip
+_KEPT_SYMBOLS = set("'%$&#.:")  # '.' and ':' are dealt with on their own below
+
+_CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CHINESE_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+_CHINESE_NUMERAL = "零〇一二两三四五六七八九十百"
+_MEASURE_WORDS = "个只条辆位名张本头匹棵件台把块支双对座朵间层架艘根盏瓶杯碗盘片枚颗粒部份种次岁"
+_CHINESE_COUNT = re.compile(rf"([{_CHINESE_NUMERAL}]+)(?=[{_MEASURE_WORDS}])")
+_DIGITS_THEN_MEASURE = re.compile(rf"(\d+)[{_MEASURE_WORDS}]")
+# [digit]百 [零] [[digit]十] [digit]: hundreds, tens, units
+_CHINESE_NUMBER_PATTERN = re.compile(r"(?:([一二两三四五六七八九])百)?(零)?(?:([一二两三四五六七八九])?(十))?([一二两三四五六七八九〇零])?")
+_SPACE_NEXT_TO_CJK = re.compile(rf"(?<=[{_CJK}])\s+|\s+(?=[{_CJK}])")
+
+
+def normalize_answer(answer: str) -> str:
+    """The normalised form of a VQA answer (English or Chinese)."""
+    text = unicodedata.normalize("NFKC", answer).lower().replace("\u2019", "'")
+    text = _strip_punctuation(text)
+    words = [_CONTRACTIONS.get(word, _NUMBER_WORDS.get(word, word)) for word in text.split()]
+    text = " ".join(word for word in words if word not in _ARTICLES)
+    return _normalize_chinese(text)
+
+
+def _strip_punctuation(text: str) -> str:
+    text = re.sub(r"(?<=\d),(?=\d)", "", text)  # 1,000 -> 1000
+    text = re.sub(r"\.(?!\d)", "", text)  # periods go, unless a digit follows (3.5)
+    text = re.sub(r"(?<!\d):|:(?!\d)", " ", text)  # colons go, unless inside a time (12:30)
+    return "".join(" " if _is_punctuation(char) else char for char in text)
+
+
+def _is_punctuation(char: str) -> bool:
+    return char not in _KEPT_SYMBOLS and unicodedata.category(char)[0] in "PS"
+
+
+def _normalize_chinese(text: str) -> str:
+    text = _SPACE_NEXT_TO_CJK.sub("", text)
+    if text and all(char in _CHINESE_NUMERAL for char in text):
+        return _chinese_number_text(text)
+    text = _CHINESE_COUNT.sub(lambda match: _chinese_number_text(match.group(1)), text)
+    return _DIGITS_THEN_MEASURE.sub(r"\1", text)
+
+
+def _chinese_number_text(numeral: str) -> str:
+    """Digits for a Chinese numeral up to 999 (`二十三` -> `23`); the numeral itself if it is not one."""
+    value = chinese_numeral_value(numeral)
+    return numeral if value is None else str(value)
+
+
+def chinese_numeral_value(numeral: str) -> int | None:
+    """Value of `一`, `两`, `十二`, `二十`, `一百零五`, ...; None for anything else (`七八` = "7 or 8")."""
+    match = _CHINESE_NUMBER_PATTERN.fullmatch(numeral)
+    if not numeral or match is None:
+        return None
+    hundreds, zero, tens, ten_mark, units = match.groups()
+    if zero and not hundreds:
+        return 0 if numeral in ("零", "〇") else None
+    value = _CHINESE_DIGITS[hundreds] * 100 if hundreds else 0
+    if ten_mark:
+        value += (_CHINESE_DIGITS[tens] if tens else 1) * 10
+    return value + (_CHINESE_DIGITS[units] if units else 0)
+
+
+def exact_match(prediction: str, references: list[str]) -> bool:
+    """True when the normalised prediction equals any normalised reference."""
+    predicted = normalize_answer(prediction)
+    return any(predicted == normalize_answer(reference) for reference in references)
+
+
+def vqa_scores(
+    predictions: list[str], references: list[list[str]], types: list[str | None], langs: list[str]
+) -> tuple[dict, list[float]]:
+    """Exact match overall, per question type (when any is given) and per language; plus per example."""
+    per_example = [float(exact_match(p, refs)) for p, refs in zip(predictions, references, strict=True)]
+    scores = {"exact_match": _mean(per_example), "by_lang": _grouped(per_example, langs)}
+    if any(qtype is not None for qtype in types):
+        scores["by_type"] = _grouped(per_example, [qtype or "(none)" for qtype in types])
+    return scores, per_example
+
+
+def _grouped(values: list[float], groups: list[str]) -> dict[str, dict]:
+    members: dict[str, list[float]] = defaultdict(list)
+    for value, group in zip(values, groups, strict=True):
+        members[group].append(value)
+    return {group: {"exact_match": _mean(vals), "num_examples": len(vals)} for group, vals in sorted(members.items())}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
