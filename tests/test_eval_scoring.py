@@ -143,7 +143,7 @@ def test_reference_file_in_wrong_format(tmp_path):
     pred_path = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "prediction": "a dog"}])
     llava_json = tmp_path / "llava.json"
     llava_json.write_text(json.dumps([{"id": 1, "conversations": []}], indent=1), encoding="utf-8")
-    with pytest.raises(DataError, match=r"llava\.json:1: not valid JSON \(the file looks like one JSON array"):
+    with pytest.raises(DataError, match=r"llava\.json:1: one JSON array, not JSONL"):
         score_predictions(pred_path, llava_json)
     with pytest.raises(DataError, match=r"p\.jsonl:1: id '1' has no assistant turn .*\(is this a predictions file\?\)"):
         score_predictions(pred_path, pred_path)

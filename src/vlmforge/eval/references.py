@@ -6,19 +6,21 @@ reference is its last assistant turn, or its `references` list when it has one (
 COCO captions); several records with the same id add up. Optional fields: `type` (VQA question
 type) and `lang` ("en" / "zh"). Ids match as strings, so `123` and `"123"` are the same id.
 
-Problems are collected as `file:line: reason` and raised together as one `DataError`.
+Lines are parsed by the data layer (`vlmforge.data.records.iter_records`). Problems are collected
+as `file:line: reason` and raised together as one `DataError`; a whole-file JSON array (a source
+format not yet converted) is refused at once.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
+from vlmforge.data.records import Problem, iter_records
 from vlmforge.errors import DataError
 
 _SHOWN_PROBLEMS = 5
-_IMAGE_PLACEHOLDER = "<image>"
 
 
 @dataclass
@@ -42,17 +44,18 @@ class Prediction:
 
 @dataclass
 class _Problems:
-    """Data problems collected while reading, raised together."""
+    """Data problems collected while reading (`file:line: reason`), raised together in line order."""
 
-    items: list[str] = field(default_factory=list)
+    items: list[tuple[int, str]] = field(default_factory=list)
 
     def add(self, location: str, reason: str) -> None:
-        self.items.append(f"{location}: {reason}")
+        self.items.append((int(location.rsplit(":", 1)[1]), f"{location}: {reason}"))
 
     def raise_if_any(self, what: str) -> None:
         if not self.items:
             return
-        shown = "; ".join(self.items[:_SHOWN_PROBLEMS])
+        self.items.sort(key=lambda item: item[0])
+        shown = "; ".join(text for _, text in self.items[:_SHOWN_PROBLEMS])
         more = f" (and {len(self.items) - _SHOWN_PROBLEMS} more)" if len(self.items) > _SHOWN_PROBLEMS else ""
         raise DataError(f"{len(self.items)} problem(s) in {what}: {shown}{more}")
 
@@ -97,30 +100,23 @@ def read_predictions(path: str | Path, references: dict[str, Reference], referen
 
 
 def _json_lines(path: Path, problems: _Problems):
-    """(file:line, JSON object) for each non-blank line; bad lines become problems."""
+    """(file:line, JSON object) for each non-blank line, read by the data layer; bad lines become problems."""
     if not path.is_file():
         raise DataError(f"no such file: {path}")
+    _refuse_json_array(path)
+    parse_problems: list[Problem] = []
+    for line_number, record in iter_records(path, parse_problems):
+        yield f"{path}:{line_number}", record
+    for problem in parse_problems:
+        problems.add(f"{path}:{problem.line}", problem.reason)
+
+
+def _refuse_json_array(path: Path) -> None:
+    """A whole-file JSON array (LLaVA, COCO, ...) gets one clear error, not one per line."""
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            location = f"{path}:{number}"
-            record = _parse_line(line, location, problems)
-            if record is not None:
-                yield location, record
-
-
-def _parse_line(line: str, location: str, problems: _Problems) -> dict | None:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        hint = " (the file looks like one JSON array; JSONL has one object per line)" if line.lstrip().startswith("[") else ""
-        problems.add(location, f"not valid JSON{hint}")
-        return None
-    if not isinstance(record, dict):
-        problems.add(location, f"expected a JSON object, got {type(record).__name__}")
-        return None
-    return record
+        start = handle.read(256).lstrip()
+    if start.startswith("["):
+        raise DataError(f"{path}:1: one JSON array, not JSONL (one object per line); convert it with `vlmforge data convert`")
 
 
 def _record_id(record: dict, location: str, problems: _Problems) -> str | None:
@@ -205,4 +201,4 @@ def _last_question(messages: list) -> str:
     """The last user turn before the last assistant turn, without the image placeholder."""
     last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
     questions = [_content_text(m.get("content")) for m in messages[:last_assistant] if m.get("role") == "user"]
-    return questions[-1].replace(_IMAGE_PLACEHOLDER, "").strip() if questions else ""
+    return questions[-1].replace(IMAGE_PLACEHOLDER, "").strip() if questions else ""
