@@ -43,8 +43,9 @@ def score_predictions(
     """Score `pred_path` (JSONL `{"id", "prediction"}`) against the records of `ref_path`.
 
     `task`: "caption", "vqa" or "auto" (caption when every record has `type: caption`, else VQA
-    when most reference answers are at most 3 words or 4 Chinese characters). `lang`: "en" / "zh" forces the language; None takes each record's `lang` field or
-    detects Chinese characters in its references. `java_metrics`: try METEOR and SPICE.
+    when most reference answers are at most 3 words or 4 Chinese characters).
+    `lang`: "en" / "zh" forces the language; None takes each record's `lang` field, or detects
+    Chinese characters in its references. `java_metrics`: try METEOR and SPICE.
     """
     _check_choice("task", task, TASKS)
     lang = caption_text.check_lang(lang)
