@@ -150,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: 
         if name in skip:
             continue
         base, _ = _unwrap_optional(kind)
-        text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        text = (f"{help_text} (default: {default})" if help_text else f"default: {default}").replace("%", "%%")
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
         if base is bool:
             parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)

@@ -1,0 +1,1 @@
+"""Training: recipes, trainability (frozen / LoRA / full), the loop, checkpoints, export."""

@@ -1,0 +1,105 @@
+"""From dataset indices to padded tensors: the global-batch plan, and the collator.
+
+Each optimizer step consumes one *global batch* (batch_size × grad_accum × world_size samples),
+chosen by the length-grouped sampler. It is cut into micro-batches, one slice per (rank,
+micro-step), so a run's data does not depend on how the global batch is split. The plan is a pure
+function of (seed, epoch, position): resuming at step k replays exactly what follows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from vlmforge.data.tokenize import IGNORE_INDEX, encode_conversation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchPlan:
+    """Global batches of dataset indices, epoch after epoch, deterministic by seed."""
+
+    lengths: np.ndarray  # (N,) length estimates
+    global_batch: int
+    seed: int
+    group_by_length: bool = True
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        from vlmforge.data.dataset import LengthGroupedSampler
+
+        if self.group_by_length:
+            sampler = LengthGroupedSampler(self.lengths, self.global_batch, seed=self.seed)
+            sampler.set_epoch(epoch)
+            batches = sampler.batches()
+        else:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.lengths))
+            batches = [order[i:i + self.global_batch] for i in range(0, len(order), self.global_batch)]
+        return [batch for batch in batches if len(batch) == self.global_batch]  # drop the short tail
+
+    def steps_per_epoch(self) -> int:
+        return len(self.lengths) // self.global_batch
+
+    def batch_for_step(self, step: int) -> np.ndarray:
+        """The global batch of optimizer step `step` (0-based)."""
+        per_epoch = self.steps_per_epoch()
+        if per_epoch == 0:
+            raise ValueError(f"the dataset has {len(self.lengths)} samples, fewer than one global batch of {self.global_batch}")
+        epoch, position = divmod(step, per_epoch)
+        return self.epoch_batches(epoch)[position]
+
+
+def micro_slices(global_batch: np.ndarray, rank: int, world_size: int, grad_accum: int) -> list[np.ndarray]:
+    """This rank's micro-batches of a global batch: contiguous slices, rank-major within each micro-step."""
+    per_micro = len(global_batch) // (world_size * grad_accum)
+    slices = []
+    for micro in range(grad_accum):
+        start = (micro * world_size + rank) * per_micro
+        slices.append(global_batch[start:start + per_micro])
+    return slices
+
+
+class Collator:
+    """Samples → padded `input_ids`, `attention_mask`, `labels`, `pixel_values` (right padding)."""
+
+    def __init__(self, processor, num_image_tokens: int, max_length: int, too_long: str = "drop"):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_token = processor.image_token
+        self.num_image_tokens = num_image_tokens
+        self.max_length = max_length
+        self.too_long = too_long
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.dropped_too_long = 0
+
+    def encode(self, sample):
+        encoded = encode_conversation(sample.record["messages"], self.tokenizer, self.image_token,
+                                      self.num_image_tokens, self.max_length, self.too_long)
+        if encoded is None:
+            self.dropped_too_long += 1
+            log.debug("dropping %s:%d: longer than %d tokens", sample.path, sample.line, self.max_length)
+        return encoded
+
+    def __call__(self, samples: list) -> dict | None:
+        import torch
+
+        pairs = [(sample, self.encode(sample)) for sample in samples if sample is not None]
+        pairs = [(sample, encoded) for sample, encoded in pairs if encoded is not None and encoded.num_trained_tokens]
+        if not pairs:
+            return None
+        longest = max(len(encoded.input_ids) for _, encoded in pairs)
+        input_ids = torch.full((len(pairs), longest), self.pad_id, dtype=torch.long)  # (B, T)
+        labels = torch.full((len(pairs), longest), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros((len(pairs), longest), dtype=torch.long)  # (B, T)
+        for row, (_, encoded) in enumerate(pairs):
+            length = len(encoded.input_ids)
+            input_ids[row, :length] = torch.tensor(encoded.input_ids)
+            labels[row, :length] = torch.tensor(encoded.labels)
+            attention_mask[row, :length] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        images = [image for sample, _ in pairs for image in sample.images]
+        if images:
+            batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        return batch

@@ -1,0 +1,322 @@
+"""The training loop: one process or many (torchrun / accelerate: DDP, FSDP, DeepSpeed), resumable.
+
+    from vlmforge.train.loop import train
+    result = train(load_recipe("instruct-lora"), resume=True)
+
+accelerate wraps the model for whatever the launcher set up; vlmforge itself decides the data
+(the global-batch plan), the token-normalised loss, checkpoints and logging. Only rank 0 logs and
+writes; every rank reads the same plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import nullcontext
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlmforge.config import save_yaml, to_dict
+from vlmforge.errors import VlmforgeError
+from vlmforge.train.recipe import Recipe, validate_recipe
+
+log = logging.getLogger("vlmforge.train")
+
+
+class TrainingError(VlmforgeError):
+    """The run cannot go on (non-finite loss under the `stop` policy, ...); checkpoints stay intact."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    final_loss: float
+    final_model: Path | None
+    history: list[dict] = field(default_factory=list)
+    skipped_steps: int = 0
+
+
+def cosine_with_warmup(warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def choose_precision(setting: str, device) -> bool:
+    """True when bf16 autocast should be used."""
+    import torch
+
+    if setting != "auto":
+        return setting == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def load_model_for_training(recipe: Recipe, device):
+    """The base model with trainability applied; trainable weights in fp32."""
+    import torch
+
+    from vlmforge.model.load import load
+    from vlmforge.train.trainability import set_trainable
+
+    model, processor = load(recipe.model.path, dtype="float32" if device.type == "cpu" else None)
+    model.config._attn_implementation = recipe.model.attn_implementation
+    parts = recipe.trainable
+    model = set_trainable(model, parts.vision, parts.projector, parts.llm, recipe.lora)
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    if recipe.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    return model, processor
+
+
+class Trainer:
+    """Holds the run's state; `run()` trains to `max_steps` and returns a `TrainResult`."""
+
+    def __init__(self, recipe: Recipe, resume: bool = False, callbacks=()):
+        validate_recipe(recipe)
+        self.recipe = recipe
+        self.resume = resume
+        self.callbacks = list(callbacks)
+        self.output_dir = Path(recipe.train.output_dir)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _setup(self):
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        from vlmforge.data.dataset import BadSampleBudget, ConversationDataset
+        from vlmforge.train.batching import BatchPlan, Collator
+        from vlmforge.train.steps import StepBatches
+        from vlmforge.train.trainability import count_parameters, parameter_groups
+
+        train, data = self.recipe.train, self.recipe.data
+        cpu = train.device == "cpu" or (not train.device and not torch.cuda.is_available())
+        self.accelerator = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        self.is_main = self.accelerator.is_main_process
+        torch.manual_seed(train.seed)
+        model, self.processor = load_model_for_training(self.recipe, self.accelerator.device)
+        self.bf16 = choose_precision(train.precision, self.accelerator.device)
+        trainable, total = count_parameters(model)
+        log.info("parameters: %.2fM trainable of %.2fM (%s)", trainable / 1e6, total / 1e6,
+                 ", ".join(f"{k}: {v}" for k, v in to_dict(self.recipe.trainable).items()))
+        groups = parameter_groups(model, train.lr.projector, train.lr.llm, train.lr.vision, train.weight_decay)
+        optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+        warmup = int(train.warmup_ratio * train.max_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup, train.max_steps, train.min_lr_ratio))
+        if train.compile:
+            model = torch.compile(model)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.scheduler = scheduler
+        self.group_names = [group["name"] for group in groups]
+
+        budget = BadSampleBudget(max_fraction=data.max_bad_fraction)
+        self.dataset = ConversationDataset(data.paths, data.weights or None, data.image_roots, budget=budget, seed=train.seed)
+        num_image_tokens = self.unwrapped.config.image_seq_length
+        world = self.accelerator.num_processes
+        self.plan = BatchPlan(self.dataset.length_estimates(num_image_tokens), train.batch_size * train.grad_accum * world,
+                              train.seed, data.group_by_length)
+        if self.plan.steps_per_epoch() == 0:
+            raise VlmforgeError(f"{len(self.dataset)} samples cannot fill one global batch of {self.plan.global_batch} "
+                                "(batch_size × grad_accum × processes): lower the batch size or add data")
+        collator = Collator(self.processor, num_image_tokens, data.max_length, data.too_long)
+        self.step_batches = StepBatches(self.dataset, self.plan, collator, self.accelerator.process_index, world, train.grad_accum)
+
+    @property
+    def unwrapped(self):
+        model = self.accelerator.unwrap_model(self.model)
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def _loader(self, start: int):
+        import torch
+
+        steps = range(start, self.recipe.train.max_steps)
+        workers = self.recipe.data.num_workers
+        return torch.utils.data.DataLoader(self.step_batches, batch_size=None, sampler=steps, num_workers=workers,
+                                           collate_fn=lambda item: item, persistent_workers=False,
+                                           prefetch_factor=2 if workers else None)
+
+    # -- one step ---------------------------------------------------------------------------
+    def _step(self, micro_batches: list) -> dict:
+        import torch
+
+        from vlmforge.train.steps import summed_loss, trained_token_count
+
+        device = self.accelerator.device
+        local_tokens = sum(trained_token_count(batch) for batch in micro_batches)
+        counts = torch.tensor([local_tokens, sum(0 if b is None else int(b["attention_mask"].sum()) for b in micro_batches),
+                               sum(0 if b is None else len(b["input_ids"]) for b in micro_batches),
+                               sum(0 if b is None else b["input_ids"].numel() for b in micro_batches)],
+                              dtype=torch.float64, device=device)
+        global_tokens, real_tokens, samples, padded = self.accelerator.reduce(counts, reduction="sum").tolist()
+        world = self.accelerator.num_processes
+        loss_total = torch.zeros((), dtype=torch.float64, device=device)
+        for index, batch in enumerate(micro_batches):
+            if batch is None:
+                continue
+            batch = {key: value.to(device) for key, value in batch.items()}
+            last = index == len(micro_batches) - 1
+            context = self.accelerator.no_sync(self.model) if not last and world > 1 else nullcontext()
+            with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss_sum = summed_loss(self.model, batch)
+            self.accelerator.backward(loss_sum * world / max(global_tokens, 1.0))
+            loss_total += loss_sum.detach().double()
+        loss = float(self.accelerator.reduce(loss_total, reduction="sum")) / max(global_tokens, 1.0)
+        return {"loss": loss, "trained_tokens": global_tokens, "tokens": real_tokens, "samples": samples,
+                "pad_fraction": 1.0 - real_tokens / max(padded, 1.0)}
+
+    def _optimizer_step(self, stats: dict) -> bool:
+        """Clip, check, step. False when the step was skipped (non-finite loss or gradient)."""
+        import torch
+
+        max_norm = self.recipe.train.max_grad_norm
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        if max_norm > 0:
+            grad_norm = self.accelerator.clip_grad_norm_(parameters, max_norm)
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None]))
+        stats["grad_norm"] = float(grad_norm)
+        stats["lrs"] = self.scheduler.get_last_lr()  # the rates this step uses
+        if not (math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])):
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        from tqdm import tqdm
+
+        from vlmforge.train.checkpoint import latest_checkpoint, load_checkpoint
+        from vlmforge.train.metrics_log import MetricsLog, plot_curves
+
+        self._setup()
+        train = self.recipe.train
+        state = {"skipped_steps": 0, "trained_tokens": 0.0}
+        start = 0
+        if self.resume:
+            checkpoint = latest_checkpoint(self.output_dir)
+            if checkpoint is None:
+                log.info("--resume: no complete checkpoint in %s, starting from step 0", self.output_dir)
+            else:
+                state = load_checkpoint(checkpoint, self.unwrapped_peft, self.optimizer, self.scheduler)
+                start = state["step"]
+                log.info("resumed from %s (step %d)", checkpoint, start)
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_yaml(self.recipe, self.output_dir / "recipe.yaml")
+        metrics = MetricsLog(self.output_dir, enabled=self.is_main, tensorboard=train.tensorboard, resume_step=start)
+        history, window, last_loss = [], _Window(), float("nan")
+        progress = tqdm(total=train.max_steps, initial=start, desc="train", unit="step", disable=not self.is_main)
+        for step, micro_batches in enumerate(self._loader(start), start=start):
+            stats = self._step(micro_batches)
+            if not self._optimizer_step(stats):
+                self._handle_nonfinite(step, stats, state)
+                progress.update(1)
+                continue
+            state["trained_tokens"] += stats["trained_tokens"]
+            window.add(stats)
+            last_loss = stats["loss"]
+            progress.update(1)
+            progress.set_postfix(loss=f"{stats['loss']:.3f}")
+            done = step + 1
+            if done % train.log_steps == 0 or done == train.max_steps:
+                row = self._log_row(done, window.flush(), stats)
+                for callback in self.callbacks:
+                    row.update(callback(self, done) or {})
+                metrics.write(row)
+                history.append(row)
+            if done % train.save_steps == 0 or done == train.max_steps:
+                self._save(done, state, history)
+        progress.close()
+        metrics.close()
+        final = self._finish(metrics.path, plot_curves)
+        return TrainResult(self.output_dir, train.max_steps, last_loss, final, history, state["skipped_steps"])
+
+    @property
+    def unwrapped_peft(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def _handle_nonfinite(self, step: int, stats: dict, state: dict) -> None:
+        message = f"non-finite loss or gradient at step {step + 1} (loss {stats['loss']}, grad norm {stats['grad_norm']})"
+        if self.recipe.train.nonfinite == "stop":
+            raise TrainingError(f"{message}; stopped (train.nonfinite=stop). The last checkpoint in {self.output_dir} is intact")
+        state["skipped_steps"] += 1
+        log.warning("%s: step skipped (train.nonfinite=skip)", message)
+
+    def _log_row(self, step: int, window: dict, stats: dict) -> dict:
+        from vlmforge.train.steps import peak_memory_mb
+
+        row = {"step": step, "loss": window["loss"], "grad_norm": stats["grad_norm"]}
+        for name, lr in zip(self.group_names, stats["lrs"]):
+            row.setdefault(f"lr_{name.removesuffix('_no_decay')}", lr)
+        row.update(tokens_per_s=window["tokens_per_s"], samples_per_s=window["samples_per_s"],
+                   pad_fraction=window["pad_fraction"], peak_memory_mb=peak_memory_mb(self.accelerator.device))
+        return row
+
+    def _save(self, step: int, state: dict, history: list) -> None:
+        from vlmforge.train.checkpoint import save_checkpoint
+
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            import yaml
+
+            recipe_yaml = yaml.safe_dump(to_dict(self.recipe), sort_keys=False, allow_unicode=True)
+            trainer_state = {**state, "last_metrics": history[-1] if history else {}}
+            save_checkpoint(self.output_dir, step, self.unwrapped_peft, self.optimizer, self.scheduler, trainer_state,
+                            recipe_yaml, self.recipe.train.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+    def _finish(self, metrics_path: Path, plot_curves) -> Path | None:
+        from vlmforge.train.export import export_model
+
+        final = None
+        if self.is_main:
+            if metrics_path.exists():
+                plot_curves(metrics_path, self.output_dir / "curves.png")
+            if self.recipe.train.export:
+                final = export_model(self.unwrapped_peft, self.processor, self.output_dir / "final")
+                log.info("merged model written to %s", final)
+        self.accelerator.wait_for_everyone()
+        return final
+
+
+class _Window:
+    """Averages over the steps between two log lines, and their throughput."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.losses, self.tokens, self.samples, self.real, self.padded_fraction = [], 0.0, 0.0, 0.0, []
+        self.started = time.perf_counter()
+
+    def add(self, stats: dict) -> None:
+        self.losses.append(stats["loss"])
+        self.tokens += stats["tokens"]
+        self.samples += stats["samples"]
+        self.padded_fraction.append(stats["pad_fraction"])
+
+    def flush(self) -> dict:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        summary = {"loss": sum(self.losses) / len(self.losses), "tokens_per_s": self.tokens / elapsed,
+                   "samples_per_s": self.samples / elapsed,
+                   "pad_fraction": sum(self.padded_fraction) / len(self.padded_fraction)}
+        self.reset()
+        return summary
+
+
+def train(recipe: Recipe, resume: bool = False, callbacks=()) -> TrainResult:
+    return Trainer(recipe, resume=resume, callbacks=callbacks).run()

@@ -1,0 +1,176 @@
+"""Training end to end on CPU with a tiny model: what changes, what is saved, resume, invariants."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train_helpers import tiny_recipe, write_colour_dataset
+from vlmforge.cli import main
+from vlmforge.config import apply_overrides
+from vlmforge.errors import ConfigError, DataError
+from vlmforge.train.checkpoint import CHECKPOINT_FILES
+from vlmforge.train.loop import TrainingError, train
+from vlmforge.train.recipe import load_recipe, shipped_recipes, validate_recipe
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_colour_dataset(tmp_path_factory.mktemp("colours"))
+
+
+def _weights(folder):
+    return load_file(Path(folder) / "model.safetensors")
+
+
+def test_only_trainable_parts_change_and_export_loads_natively(tiny_vlm_dir, data, tmp_path):
+    result = train(tiny_recipe(tiny_vlm_dir, data, tmp_path / "run", max_steps=3, export=True))
+    before, after = _weights(tiny_vlm_dir), _weights(result.final_model)
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed, "nothing was trained"
+    # LoRA is merged into the LLM's linear layers; the projector is trained; the vision tower is frozen.
+    assert all(".vision_tower." not in name for name in changed)
+    assert any("multi_modal_projector" in name for name in changed)
+    assert any("language_model" in name and "proj" in name for name in changed)
+    assert not any("embed_tokens" in name or "norm" in name for name in changed)
+
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(result.final_model)
+    processor = AutoProcessor.from_pretrained(result.final_model)
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    inputs = processor(text="<image>\nWhat colour?", images=[__import__("PIL.Image").Image.new("RGB", (32, 32))], return_tensors="pt")
+    assert model.generate(**inputs, max_new_tokens=3).shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_run_folder_and_checkpoint_files(tiny_vlm_dir, data, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_recipe(tiny_vlm_dir, data, run, max_steps=6, save_steps=2, save_total_limit=2))
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-4", "checkpoint-6", "checkpoint-latest", "curves.png",
+                                                    "metrics.jsonl", "recipe.yaml"]
+    assert sorted(p.name for p in (run / "checkpoint-6").iterdir()) == sorted(CHECKPOINT_FILES)
+    assert os.readlink(run / "checkpoint-latest") == "checkpoint-6"
+    weights = load_file(run / "checkpoint-6" / "trainable.safetensors")
+    assert any("lora_A" in n for n in weights) and any("multi_modal_projector" in n for n in weights)
+    assert not any("vision_tower" in n for n in weights)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "lr_projector", "lr_llm", "grad_norm", "tokens_per_s", "samples_per_s", "peak_memory_mb"):
+        assert all(key in r for r in rows), key
+    state = json.loads((run / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["step"] == 6
+
+
+def _final_trainable(run):
+    return load_file(Path(run) / "checkpoint-latest" / "trainable.safetensors")
+
+
+def test_grad_accum_1x4_equals_4x1(tiny_vlm_dir, data, tmp_path):
+    one = train(tiny_recipe(tiny_vlm_dir, data, tmp_path / "a", max_steps=3, batch_size=4, grad_accum=1))
+    four = train(tiny_recipe(tiny_vlm_dir, data, tmp_path / "b", max_steps=3, batch_size=1, grad_accum=4))
+    assert [r["loss"] for r in one.history] == pytest.approx([r["loss"] for r in four.history], rel=1e-5)
+    a, b = _final_trainable(tmp_path / "a"), _final_trainable(tmp_path / "b")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6)
+
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from train_helpers import tiny_recipe
+from vlmforge.train.loop import train
+
+def die(trainer, step):
+    if step == 5:  # after checkpoint-4 was written, in the middle of the run
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train(tiny_recipe({model!r}, {data!r}, {run!r}, max_steps=8, save_steps=2, log_steps=1), callbacks=[die])
+"""
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_vlm_dir, data, tmp_path):
+    uninterrupted = tmp_path / "whole"
+    train(tiny_recipe(tiny_vlm_dir, data, uninterrupted, max_steps=8, save_steps=2))
+    run = tmp_path / "killed"
+    script = KILLER.format(tests=str(Path(__file__).parent), model=str(tiny_vlm_dir), data=str(data), run=str(run))
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode()[-2000:]
+    assert os.readlink(run / "checkpoint-latest") == "checkpoint-4"
+    resumed = train(tiny_recipe(tiny_vlm_dir, data, run, max_steps=8, save_steps=2), resume=True)
+    assert [r["step"] for r in resumed.history] == [5, 6, 7, 8]
+    a, b = _final_trainable(uninterrupted), _final_trainable(run)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_nonfinite_loss_stops_or_skips(tiny_vlm_dir, data, tmp_path, monkeypatch):
+    import vlmforge.train.steps as steps
+
+    real = steps.summed_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(model, batch):
+        calls["n"] += 1
+        loss = real(model, batch)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(steps, "summed_loss", sometimes_nan)
+    with pytest.raises(TrainingError, match="non-finite loss.*step 3"):
+        train(tiny_recipe(tiny_vlm_dir, data, tmp_path / "stop", max_steps=4, save_steps=2))
+    assert os.readlink(tmp_path / "stop" / "checkpoint-latest") == "checkpoint-2"
+    calls["n"] = 0
+    result = train(tiny_recipe(tiny_vlm_dir, data, tmp_path / "skip", max_steps=4, save_steps=2, nonfinite="skip"))
+    assert result.skipped_steps == 1 and all(r["loss"] == r["loss"] for r in result.history)
+
+
+def test_bad_images_are_skipped_then_budget_stops_the_run(tiny_vlm_dir, tmp_path):
+    path = write_colour_dataset(tmp_path / "d", count=24, with_text_only=False)
+    (tmp_path / "d" / "3.png").write_bytes(b"broken")
+    recipe = tiny_recipe(tiny_vlm_dir, path, tmp_path / "ok", max_steps=6)
+    recipe.data.max_bad_fraction = 0.1
+    assert train(recipe).steps == 6
+    for index in range(6):
+        (tmp_path / "d" / f"{index}.png").unlink()
+    recipe.train.output_dir = str(tmp_path / "too-many")
+    with pytest.raises(DataError, match="too many bad samples"):
+        train(recipe)
+
+
+def test_every_shipped_recipe_loads_and_validates(tmp_path):
+    assert {"align", "instruct-lora", "instruct-full"} <= set(shipped_recipes())
+    for name in shipped_recipes():
+        recipe = apply_overrides(load_recipe(name), {"model.path": "m", "data.paths": ["a.jsonl"]})
+        validate_recipe(recipe)
+    assert load_recipe("instruct-lora").train.lr.projector > load_recipe("instruct-lora").train.lr.llm
+
+
+def test_recipe_unknown_key_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_stepz: 3\n")
+    with pytest.raises(ConfigError, match="train.max_stepz"):
+        load_recipe(str(bad))
+
+
+def test_cli_train_with_overrides_then_export(tiny_vlm_dir, data, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    assert main(["recipes", "copy", "instruct-lora", str(recipe)]) == 0
+    run = tmp_path / "run"
+    code = main(["train", str(recipe), "--model.path", str(tiny_vlm_dir), "--data.paths", str(data),
+                 "--train.output_dir", str(run), "--train.max-steps", "2", "--train.batch_size", "2",
+                 "--train.grad_accum", "1", "--train.save_steps", "1", "--lora.rank", "4", "--train.lr.projector", "2e-3",
+                 "--train.device", "cpu", "--no-train.export"])
+    assert code == 0
+    saved = load_recipe(str(run / "recipe.yaml"))
+    assert saved.train.lr.projector == 2e-3 and saved.lora.rank == 4
+    assert main(["export", str(run / "checkpoint-latest"), "--out", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+    assert main(["recipes", "list"]) == 0 and "instruct-lora" in capsys.readouterr().out
