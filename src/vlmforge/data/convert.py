@@ -78,7 +78,7 @@ def _read_llava(context: _Context) -> Iterator[tuple[int | None, int | None, dic
         if not isinstance(item, dict):
             yield line, index, item
             continue
-        images = item.get("image", [])
+        images = item.get("image") or []
         record = {
             "id": str(item["id"]) if item.get("id") is not None else f"{context.source}-{index}",
             "source": context.source,
@@ -94,11 +94,11 @@ def _read_sharegpt(context: _Context) -> Iterator[tuple[int | None, int | None, 
             yield line, index, item
             continue
         turns = item.get("messages", item.get("conversations")) or []
-        messages = [_message(turn, "role", "content", context) if "role" in turn else _message(turn, "from", "value", context)
-                    for turn in turns if isinstance(turn, dict)]
+        messages = [_message(turn, "role", "content", context) if isinstance(turn, dict) and "role" in turn
+                    else _message(turn, "from", "value", context) for turn in turns]
         if item.get("system"):
             messages.insert(0, {"role": "system", "content": item["system"]})
-        images = item.get("images", item.get("image", []))
+        images = item.get("images") or item.get("image") or []
         record = {
             "id": str(item["id"]) if item.get("id") is not None else f"{context.source}-{index}",
             "source": context.source,
