@@ -7,7 +7,7 @@ image processor: the same rendering and preprocessing the data layer trains with
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
@@ -112,9 +112,12 @@ def generate(model, processor, conversations: list[list[dict]], images: list[lis
         produced = _strip_padding(row, eos_ids, processor.tokenizer.pad_token_id)
         text = processor.tokenizer.decode(produced, skip_special_tokens=True)
         text, stopped = _trim_at_stop(text, options.stop)
-        finish = "stop" if stopped or len(produced) < options.max_new_tokens else "length"
-        completions.append(Completion(text, int(sum(mask_row)), len(produced), finish))
+        completions.append(Completion(text, int(sum(mask_row)), len(produced), _finish_reason(stopped, produced, options)))
     return completions
+
+
+def _finish_reason(stopped: bool, produced: list[int], options: GenerationOptions) -> str:
+    return "stop" if stopped or len(produced) < options.max_new_tokens else "length"
 
 
 def _eos_ids(model, processor) -> set[int]:
@@ -137,8 +140,13 @@ def _strip_padding(tokens: list[int], eos_ids: set[int], pad_id: int | None) -> 
 
 
 def stream(model, processor, messages: list[dict], images: list,
-           options: GenerationOptions | None = None) -> Iterator[str]:
-    """Yield the answer to one conversation piece by piece as it is generated."""
+           options: GenerationOptions | None = None,
+           on_finish: Callable[[Completion], None] | None = None) -> Iterator[str]:
+    """Yield the answer to one conversation piece by piece as it is generated.
+
+    Closing the iterator early (a client that went away) stops the generation within a token.
+    `on_finish`, when given, receives the `Completion` (token counts, finish reason) at the end.
+    """
     import torch
     from transformers import TextIteratorStreamer
 
@@ -147,27 +155,50 @@ def stream(model, processor, messages: list[dict], images: list,
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    cancelled = threading.Event()
     kwargs = _generate_kwargs(model, processor, options)
+    kwargs["stopping_criteria"] = _stop_when_set(cancelled)
+    outputs: list = []
     errors: list[BaseException] = []
 
     def work():
         try:
             with torch.inference_mode():
-                model.generate(**inputs, **kwargs, streamer=streamer)
+                outputs.append(model.generate(**inputs, **kwargs, streamer=streamer))
         except BaseException as error:  # surfaced in the caller's thread below
             errors.append(error)
             streamer.end()
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
-    emitted = ""
-    for piece in streamer:
-        candidate, stopped = _trim_at_stop(emitted + piece, options.stop)
-        if candidate[len(emitted):]:
-            yield candidate[len(emitted):]
-        emitted = candidate
-        if stopped:
-            break
-    thread.join()
+    emitted, stopped = "", False
+    try:
+        for piece in streamer:
+            candidate, stopped = _trim_at_stop(emitted + piece, options.stop)
+            if candidate[len(emitted):]:
+                yield candidate[len(emitted):]
+            emitted = candidate
+            if stopped:
+                break
+    finally:
+        cancelled.set()  # no-op when generation already ended; stops it when the caller left early
+        thread.join()
     if errors:
         raise errors[0]
+    if on_finish is not None and outputs:
+        prompt_length = inputs["input_ids"].shape[1]
+        row = outputs[0][0, prompt_length:].tolist()  # (new,)
+        produced = _strip_padding(row, _eos_ids(model, processor), processor.tokenizer.pad_token_id)
+        on_finish(Completion(emitted, prompt_length, len(produced), _finish_reason(stopped, produced, options)))
+
+
+def _stop_when_set(event: threading.Event):
+    """A stopping criterion that ends generation for the whole batch once `event` is set."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhenSet()])
