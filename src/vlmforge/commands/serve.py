@@ -1,0 +1,35 @@
+"""`vlmforge serve MODEL [--host 127.0.0.1] [--port 8000] [--api-key KEY]`: OpenAI-compatible API + chat page.
+
+Every flag comes from `ServeConfig`; the API key can also come from the env `VLMFORGE_API_KEY`.
+"""
+
+from __future__ import annotations
+
+import os
+
+API_KEY_ENV = "VLMFORGE_API_KEY"
+
+
+def add_arguments(parser) -> None:
+    from vlmforge.config import add_arguments as add_config_arguments
+    from vlmforge.infer.serve_config import ServeConfig
+
+    parser.add_argument("model", help="model folder to serve (what `vlmforge build` / `export` wrote)")
+    add_config_arguments(parser, ServeConfig, skip=("model",))
+
+
+def run(args) -> int:
+    from vlmforge.config import from_dict, overrides_from_args
+    from vlmforge.infer.serve_config import ServeConfig
+
+    overrides = overrides_from_args(args, ServeConfig)
+    if not overrides.get("api_key") and os.environ.get(API_KEY_ENV):
+        overrides["api_key"] = os.environ[API_KEY_ENV]
+    config = from_dict(ServeConfig, overrides)
+
+    from vlmforge.infer.server import serve
+
+    print(f"serving {config.model} at http://{config.host}:{config.port}  (chat page: /, API: /v1)"
+          + ("  [API key required]" if config.api_key else ""))
+    serve(config)
+    return 0

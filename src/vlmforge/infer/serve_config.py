@@ -1,0 +1,40 @@
+"""`ServeConfig`: every setting of `vlmforge serve`, one dataclass; the CLI flags are generated from it.
+
+Kept apart from the server so `vlmforge serve --help` imports neither FastAPI nor torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlmforge.config import option
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class ServeConfig:
+    model: str = option("", "model folder to serve (what `vlmforge build` / `export` wrote)")
+    host: str = option("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network")
+    port: int = option(8000, "port to listen on")
+    api_key: str | None = option(None, "require this Bearer token on /v1 (default: env VLMFORGE_API_KEY, else none)")
+    served_model_name: str | None = option(None, "model id shown by /v1/models (default: the folder name)")
+    dtype: str | None = option(None, "torch dtype to load the weights in, e.g. bfloat16 (default: as saved)")
+    device: str | None = option(None, "device to run on, e.g. cuda (default: cpu)")
+    web: bool = option(True, "serve the chat page at /")
+    allow_remote_images: bool = option(False, "fetch http(s) image URLs (public addresses only); data: URLs always work")
+    remote_image_timeout: float = option(10.0, "seconds allowed to fetch one remote image")
+    max_image_bytes: int = option(10_000_000, "largest encoded image accepted, in bytes")
+    max_image_pixels: int = option(25_000_000, "largest image accepted, in pixels (width x height)")
+    max_images: int = option(8, "most images in one request (the whole conversation)")
+    max_prompt_tokens: int = option(4096, "longest prompt accepted, in tokens, image tokens included")
+    max_tokens: int = option(1024, "largest max_tokens a request may ask for")
+    default_max_tokens: int = option(256, "max_tokens when a request gives none")
+    max_batch_size: int = option(8, "most queued requests with equal settings generated together")
+    max_queue: int = option(64, "most requests waiting at once; more are answered 429")
+    max_request_bytes: int = option(64_000_000, "largest request body accepted, in bytes")
+
+    def model_name(self) -> str:
+        from pathlib import Path
+
+        return self.served_model_name or Path(self.model.rstrip("/\\")).name or "vlmforge"
