@@ -1,0 +1,128 @@
+"""The chat page at `/`, driven in a real headless Chromium (Debian's, through Playwright).
+
+Upload an image, ask, see the streamed answer appear (equal to `generate` on the same model),
+continue the conversation, clear it, paste an image, and see a refused request shown as an error.
+`scripts/install-browser.sh` installs chromium and Playwright; without chromium the test is skipped.
+"""
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vlmforge.infer.generate import GenerationOptions, generate
+from vlmforge.infer.serve_config import ServeConfig
+from vlmforge.infer.server import BackgroundServer, create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+MAX_TOKENS = 8
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists() or shutil.which("chromium") is None,
+                                reason="Debian's chromium is not installed (run scripts/install-browser.sh)")
+
+
+@pytest.fixture(scope="module")
+def lively_model(tiny_vlm_dir):
+    """The tiny VLM with weights re-drawn from N(0, 0.3): answers depend on the prompt and image."""
+    import torch
+
+    from vlmforge.model.load import load
+
+    model, processor = load(tiny_vlm_dir)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def server(lively_model, tiny_vlm_dir):
+    config = ServeConfig(model=str(tiny_vlm_dir), max_tokens=32)
+    with BackgroundServer(create_app(config, *lively_model)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        yield page
+        browser.close()
+
+
+def answer_of(lively_model, messages, images) -> str:
+    return generate(*lively_model, [messages], [images], GenerationOptions(max_new_tokens=MAX_TOKENS))[0].text
+
+
+def ask(page, question: str) -> str:
+    done_before = page.locator('.message.assistant[data-done="true"]').count()
+    page.fill("#prompt", question)
+    page.click("#send")
+    page.wait_for_function(
+        "n => document.querySelectorAll('.message.assistant[data-done=\"true\"]').length > n", arg=done_before)
+    return page.locator(".message.assistant .text").nth(done_before).text_content()
+
+
+def test_upload_ask_continue_clear(page, server, lively_model, tmp_path):
+    image_path = tmp_path / "red.png"
+    Image.new("RGB", (24, 16), (220, 20, 20)).save(image_path)
+    sent = []
+    page.on("request", lambda request: sent.append(json.loads(request.post_data))
+            if request.url.endswith("/v1/chat/completions") else None)
+    page.goto(server.url + "/")
+    page.wait_for_function("document.getElementById('model-name').textContent === 'tiny-vlm'")
+    page.click("#composer summary")  # open the settings
+    page.fill("#max-tokens", str(MAX_TOKENS))
+
+    page.set_input_files("#image-input", str(image_path))
+    page.wait_for_selector("#image-preview:not([hidden])")
+    first = ask(page, "What colour is it?")
+    image = Image.open(image_path).convert("RGB")
+    first_turn = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]}
+    assert first and first == answer_of(lively_model, [first_turn], [image])
+    assert page.locator(".message.user img").count() == 1
+    assert page.locator("#image-preview").is_hidden()  # the image went with the question
+    assert sent[0]["stream"] is True and sent[0]["max_tokens"] == MAX_TOKENS
+    assert sent[0]["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+
+    second = ask(page, "And its shape?")
+    history = [first_turn, {"role": "assistant", "content": first}, {"role": "user", "content": [
+        {"type": "text", "text": "And its shape?"}]}]
+    assert second == answer_of(lively_model, history, [image])
+    assert [m["role"] for m in sent[1]["messages"]] == ["user", "assistant", "user"]
+
+    page.click("#clear")
+    assert page.locator(".message").count() == 0
+    third = ask(page, "Hello?")
+    assert third == answer_of(lively_model, [{"role": "user", "content": [{"type": "text", "text": "Hello?"}]}], [])
+    assert len(sent[2]["messages"]) == 1
+
+
+def test_pasted_image_is_attached_and_refusals_are_shown(page, server):
+    page.goto(server.url + "/")
+    buffer = io.BytesIO()
+    Image.new("RGB", (10, 10), (0, 0, 255)).save(buffer, "PNG")
+    page.evaluate("""bytes => {
+        const file = new File([new Uint8Array(bytes)], 'pasted.png', {type: 'image/png'});
+        const data = new DataTransfer();
+        data.items.add(file);
+        document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data}));
+    }""", list(buffer.getvalue()))
+    page.wait_for_selector("#image-preview:not([hidden])")
+    page.click("#composer summary")
+    page.fill("#max-tokens", "1000")  # over the server's limit of 32
+    page.fill("#prompt", "What is it?")
+    page.click("#send")
+    error = page.wait_for_selector(".message.error")
+    assert "max_tokens must be between 1 and 32" in error.text_content()
+    assert page.locator(".message.assistant").count() == 0  # the failed turn is not kept
