@@ -27,8 +27,11 @@ def make_tokenizer(style: str = "chatml", vocab_size: int = 400):
 
 
 def make_tiny_vision(out_dir: str | Path, kind: str = "siglip", image_size: int = 32, patch_size: int = 8,
-                     hidden_size: int = 32, layers: int = 2, dual: bool = False, seed: int = 0) -> Path:
-    """Save a randomly initialised CLIP / SigLIP vision model (or dual-tower model) with its image processor."""
+                     hidden_size: int = 32, layers: int = 2, dual: bool = False, seed: int = 0, **overrides) -> Path:
+    """Save a randomly initialised CLIP / SigLIP vision model (or dual-tower model) with its image processor.
+
+    `overrides` set other vision config fields (`num_attention_heads`, `intermediate_size`, ...).
+    """
     import torch
     from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig, CLIPVisionModel,
                               SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipVisionConfig,
@@ -37,6 +40,7 @@ def make_tiny_vision(out_dir: str | Path, kind: str = "siglip", image_size: int 
     torch.manual_seed(seed)
     shape = dict(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size, num_hidden_layers=layers,
                  num_attention_heads=4, intermediate_size=hidden_size * 2)
+    shape.update(overrides)
     text = dict(vocab_size=99, hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=4,
                 intermediate_size=hidden_size * 2)
     if kind == "siglip":
@@ -57,8 +61,12 @@ def make_tiny_vision(out_dir: str | Path, kind: str = "siglip", image_size: int 
 
 
 def make_tiny_llm(out_dir: str | Path, kind: str = "qwen2", hidden_size: int = 32, layers: int = 2,
-                  tokenizer=None, seed: int = 0, tie_word_embeddings: bool | None = None) -> Path:
-    """Save a randomly initialised Qwen2 / Qwen3 / Llama causal LM with a locally trained tokenizer."""
+                  tokenizer=None, seed: int = 0, tie_word_embeddings: bool | None = None, **overrides) -> Path:
+    """Save a randomly initialised Qwen2 / Qwen3 / Llama causal LM with a locally trained tokenizer.
+
+    `overrides` set other config fields (`num_attention_heads`, `intermediate_size`, a `vocab_size`
+    larger than the tokenizer's, ...).
+    """
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
@@ -66,12 +74,11 @@ def make_tiny_llm(out_dir: str | Path, kind: str = "qwen2", hidden_size: int = 3
     tokenizer = tokenizer or make_tokenizer("llama3" if kind == "llama" else "chatml")
     configs = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "llama": LlamaConfig}
     tie = kind != "llama" if tie_word_embeddings is None else tie_word_embeddings
-    config = configs[kind](
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=tie, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    shape = dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+                 num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    shape.update(overrides)
+    config = configs[kind](**shape, tie_word_embeddings=tie, bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id

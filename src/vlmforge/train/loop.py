@@ -59,14 +59,17 @@ def choose_precision(setting: str, device) -> bool:
     return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def load_model_for_training(recipe: Recipe, device):
-    """The base model with trainability applied; trainable weights in fp32."""
+def load_model_for_training(recipe: Recipe, device, loaded=None):
+    """The base model with trainability applied; trainable weights in fp32.
+
+    `loaded`: an already built (model, processor) to use instead of loading `recipe.model.path`.
+    """
     import torch
 
     from vlmforge.model.load import load
     from vlmforge.train.trainability import set_trainable
 
-    model, processor = load(recipe.model.path, dtype="float32" if device.type == "cpu" else None)
+    model, processor = loaded or load(recipe.model.path, dtype="float32" if device.type == "cpu" else None)
     model.config._attn_implementation = recipe.model.attn_implementation
     parts = recipe.trainable
     model = set_trainable(model, parts.vision, parts.projector, parts.llm, recipe.lora)
@@ -82,9 +85,12 @@ def load_model_for_training(recipe: Recipe, device):
 class Trainer:
     """Holds the run's state; `run()` trains to `max_steps` and returns a `TrainResult`."""
 
-    def __init__(self, recipe: Recipe, resume: bool = False, callbacks=()):
+    def __init__(self, recipe: Recipe, resume: bool = False, callbacks=(), base_model=None):
+        """`base_model`: an in-memory (model, processor) trained instead of `recipe.model.path`'s
+        (the benchmark's full-size random models, too big to write to disk and read back)."""
         validate_recipe(recipe)
         self.recipe = recipe
+        self.base_model = base_model
         self.resume = resume
         self.callbacks = list(callbacks)
         self.output_dir = Path(recipe.train.output_dir)
@@ -105,7 +111,7 @@ class Trainer:
         self.accelerator = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.is_main = self.accelerator.is_main_process
         torch.manual_seed(train.seed)
-        model, self.processor = load_model_for_training(self.recipe, self.accelerator.device)
+        model, self.processor = load_model_for_training(self.recipe, self.accelerator.device, self.base_model)
         self.bf16 = choose_precision(train.precision, self.accelerator.device)
         trainable, total = count_parameters(model)
         log.info("parameters: %.2fM trainable of %.2fM (%s)", trainable / 1e6, total / 1e6,
