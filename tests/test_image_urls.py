@@ -177,3 +177,11 @@ def test_fetch_caps_bytes_and_time():
                                address_allowed=loopback_only)
         assert caught.value.code == "image_fetch_failed"
         assert time.monotonic() - started < 2.0
+
+
+def test_https_goes_through_tls_to_the_checked_address():
+    with LocalSite({"/a.png": (200, {}, png_bytes(), 0)}) as site:  # speaks plain HTTP: the TLS handshake fails
+        with pytest.raises(ImageUrlError) as caught:
+            fetch_remote_image(f"https://127.0.0.1:{site.port}/a.png", REMOTE, address_allowed=loopback_only)
+        assert caught.value.code == "image_fetch_failed"
+        assert "SSL" in str(caught.value)
