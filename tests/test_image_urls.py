@@ -45,9 +45,12 @@ class LocalSite:
                 for name, value in headers.items():
                     self.send_header(name, value.replace("PORT", str(site.port)))
                 self.end_headers()
-                for start in range(0, len(body), 1024):
-                    time.sleep(delay)
-                    self.wfile.write(body[start:start + 1024])
+                try:
+                    for start in range(0, len(body), 1024):
+                        time.sleep(delay)
+                        self.wfile.write(body[start:start + 1024])
+                except ConnectionError:  # the client gave up (size or time cap): expected
+                    pass
 
             def log_message(self, *args):
                 pass
