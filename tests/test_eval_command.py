@@ -60,6 +60,7 @@ def test_help_and_unknown_mode(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--help"])
     assert exit_info.value.code == 0 and "--pred" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exit_info:  # the model-folder mode is not there yet
-        main(["eval", "my-vlm", "--pred", "p", "--ref", "r"])
-    assert exit_info.value.code == 2
+    assert main(["eval", "my-vlm", "--pred", "p", "--ref", "r"]) == 2  # a model folder takes --data, not --pred
+    assert "--pred, --ref: only with `vlmforge eval score`" in capsys.readouterr().err
+    assert main(["eval", "score", "--pred", "p"]) == 2
+    assert "needs --pred PREDICTIONS.jsonl and --ref" in capsys.readouterr().err

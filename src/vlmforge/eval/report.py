@@ -1,6 +1,8 @@
 """Write a scoring result (`vlmforge.eval.scoring.score_predictions`) to a folder:
 `metrics.json` (everything but the per-example rows) and `report.md` (metrics, then the best and
-worst examples). `summary_lines` gives the few lines a command prints.
+worst examples); a run with blank images writes `metrics_blank.json` and `report_blank.md`.
+`summary_lines` / `gap_lines` give the few lines a command prints; `write_gap_section` adds the
+blank-image gap (normal − blank, per metric) to a report.
 """
 
 from __future__ import annotations
@@ -11,16 +13,33 @@ from pathlib import Path
 
 REPORT_EXAMPLES = 5
 _SHOWN_REFERENCES = 3
+GAP_HEADING = "## Blank-image gap"
 
 
-def write_report(result: dict, out_dir: str | Path, num_examples: int = REPORT_EXAMPLES) -> tuple[Path, Path]:
-    """Write `metrics.json` and `report.md` into `out_dir` (created if needed); return their paths."""
+def write_report(result: dict, out_dir: str | Path, num_examples: int = REPORT_EXAMPLES,
+                 suffix: str = "") -> tuple[Path, Path]:
+    """Write `metrics{suffix}.json` and `report{suffix}.md` into `out_dir` (created if needed); return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {key: value for key, value in result.items() if key != "per_example"}
-    metrics_path = _write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    report_path = _write_text(out_dir / "report.md", markdown_report(result, num_examples))
+    metrics_path = _write_text(out_dir / f"metrics{suffix}.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    report_path = _write_text(out_dir / f"report{suffix}.md", markdown_report(result, num_examples))
     return metrics_path, report_path
+
+
+def gap_lines(gap: dict[str, float]) -> list[str]:
+    """The blank-image gap as plain lines: how much each metric drops without the image."""
+    lines = ["blank-image gap (normal - blank; larger = the model relies more on the image):"]
+    return lines + [f"  {name:<12} {value:+.4f}" for name, value in gap.items()]
+
+
+def write_gap_section(report_path: Path, gap: dict[str, float]) -> None:
+    """Put the gap section at the end of an existing report, replacing an older one."""
+    text = report_path.read_text(encoding="utf-8").split(f"\n{GAP_HEADING}\n")[0].rstrip("\n")
+    rows = [f"| {name} | {value:+.4f} |" for name, value in gap.items()]
+    section = [GAP_HEADING, "", "Normal run minus the run with blank images (`metrics.json` − `metrics_blank.json`): "
+               "how much each metric owes to the image.", "", "| metric | gap |", "|---|---|", *rows]
+    _write_text(report_path, text + "\n\n" + "\n".join(section) + "\n")
 
 
 def _write_text(path: Path, text: str) -> Path:
@@ -47,8 +66,10 @@ def markdown_report(result: dict, num_examples: int = REPORT_EXAMPLES) -> str:
         f"Predictions `{result['predictions']}` against references `{result['references']}`: "
         f"{result['num_examples']} examples ({_languages(result)}), {result['num_empty_predictions']} empty "
         f"predictions (scored zero), {result['num_references_without_prediction']} references without a prediction.\n",
-        _metrics_table(result),
     ]
+    if result.get("blank_images"):
+        parts.append("Images were replaced by blank (black) images of the same size.\n")
+    parts += [_metrics_table(result)]
     for key, name in (("by_lang", "language"), ("by_type", "question type")):
         if result.get(key):
             parts.append(_group_table(f"By {name}", result[key]))
