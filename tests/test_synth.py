@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
+from vlmforge.data.records import validate_record
 from vlmforge.data.synth import scene_of_record, write_synthetic_dataset
 from vlmforge.data.synth_language import COUNT_WORDS, POSITION_NAMES, describe_scene
 from vlmforge.data.synth_scenes import COLOUR_BY_NAME, COLOURS, SHAPES, cell_box, scene_key
@@ -27,6 +28,13 @@ def dataset(tmp_path_factory):
     summary = write_synthetic_dataset(out_dir, seed=3, **SMALL)
     splits = {name: read_jsonl(summary[name]) for name in ("train", "val", "test", "captions")}
     return out_dir, summary, splits
+
+
+def test_records_pass_validation(dataset):
+    _, _, splits = dataset
+    problems = [(record["id"], problem) for records in splits.values() for record in records
+                for problem in validate_record(record)]
+    assert problems == []
 
 
 def test_summary_counts_and_files(dataset):

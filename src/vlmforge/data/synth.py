@@ -24,7 +24,6 @@ of which there are only 162, do repeat within a split).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
+from vlmforge.data.records import write_records
 from vlmforge.data.synth_language import CAPTION_PROMPTS, LANGUAGES, QUESTION_TYPES, ask, describe_scene
 from vlmforge.data.synth_scenes import (
     MAX_OBJECTS,
@@ -74,11 +74,13 @@ def write_synthetic_dataset(
         rng = random.Random(f"{seed}-{_SPLIT_SEED_OFFSET[split]}")
         turn_fraction = multi_turn_fraction if split == "train" else 0.0
         records = _make_split(out_dir, split, counts[split], rng, options, turn_fraction)
-        summary[split] = str(_write_jsonl(out_dir / f"{split}.jsonl", records))
+        write_records(out_dir / f"{split}.jsonl", records)
+        summary[split] = str(out_dir / f"{split}.jsonl")
         summary["counts"][split] = len(records)
         if split == "train":
             captions = _caption_records(records, random.Random(f"{seed}-captions"), question_position, zh_fraction)
-            summary["captions"] = str(_write_jsonl(out_dir / "captions.jsonl", captions))
+            write_records(out_dir / "captions.jsonl", captions)
+            summary["captions"] = str(out_dir / "captions.jsonl")
             summary["counts"]["captions"] = len(captions)
     summary["images_dir"] = str(out_dir / "images")
     logger.info("synthetic dataset in %s: %s", out_dir, summary["counts"])
@@ -182,11 +184,3 @@ def scene_of_record(record: dict) -> Scene:
     """The scene a synthetic record is about, from its `meta.objects`."""
     return scene_from_meta(record["meta"]["objects"])
 
-
-def _write_jsonl(path: Path, records: list[dict]) -> Path:
-    tmp_path = path.with_suffix(path.suffix + ".tmp")
-    with tmp_path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp_path.replace(path)
-    return path
