@@ -18,7 +18,7 @@ from vlmforge.demo.lm_pretraining import (
 from vlmforge.demo.parts import conversation_texts, train_demo_tokenizer
 from vlmforge.demo.training_loop import read_metrics, run_steps
 from vlmforge.demo.vision_pretraining import load_scene_tensors, normalise, pretrain_vision_tower
-from vlmforge.errors import ConfigError
+from vlmforge.errors import ConfigError, DataError
 
 
 def read_jsonl(path):
@@ -62,11 +62,12 @@ def test_vision_tower_loss_drops_and_folder_loads(dataset, tmp_path):
     assert isinstance(model, SiglipVisionModel) and not info["missing_keys"]
     assert model.config.patch_size == 16 and model.config.vision_use_head is False
     pixels, colour_labels, _ = load_scene_tensors(train[:4], out_dir)
-    processed = AutoImageProcessor.from_pretrained(folder)([Image.open(out_dir / r["images"][0]) for r in train[:4]],
-                                                           return_tensors="pt")["pixel_values"]
+    images = [Image.open(out_dir / record["images"][0]) for record in train[:4]]
+    processed = AutoImageProcessor.from_pretrained(folder)(images, return_tensors="pt")["pixel_values"]
     assert torch.allclose(processed, normalise(pixels), atol=1e-5)  # training saw what the processor gives
     assert model(pixel_values=processed).last_hidden_state.shape == (4, 9, 32)  # one token per grid cell
-    assert colour_labels.shape == (4, 9) and (colour_labels > 0).sum() == sum(len(r["meta"]["objects"]) for r in train[:4])
+    assert colour_labels.shape == (4, 9)
+    assert (colour_labels > 0).sum() == sum(len(record["meta"]["objects"]) for record in train[:4])
 
 
 def test_conversation_messages_put_the_caption_in_place_of_the_image(dataset):
@@ -141,3 +142,10 @@ def test_make_demo_parts_gives_folders_that_vlmforge_build_joins(dataset, tmp_pa
     assert (inputs["input_ids"] == model.config.image_token_index).sum() == 9
     with torch.no_grad():
         assert model(**inputs).logits.shape[:2] == inputs["input_ids"].shape
+
+
+def test_vision_pretraining_rejects_records_without_scenes(dataset, tmp_path):
+    out_dir, train, _, _ = dataset
+    stripped = {key: value for key, value in train[0].items() if key != "meta"}
+    with pytest.raises(DataError, match="meta.objects"):
+        pretrain_vision_tower([stripped], out_dir, tmp_path / "vision", max_steps=1)

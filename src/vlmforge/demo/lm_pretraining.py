@@ -22,7 +22,7 @@ from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.data.synth import scene_of_record
 from vlmforge.data.synth_language import describe_scene
 from vlmforge.demo.training_loop import run_steps, write_metrics
-from vlmforge.errors import ConfigError
+from vlmforge.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,8 @@ def pretrain_language_model(
 
     if loss_on not in LOSS_ON:
         raise ConfigError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
+    if not texts:
+        raise DataError("language-model pre-training got no texts")
     encoded = [encode_with_assistant_mask(text, tokenizer) for text in texts]
     model = make_language_model(len(tokenizer), hidden_size, num_layers, tokenizer, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.95))

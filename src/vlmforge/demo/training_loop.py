@@ -45,7 +45,9 @@ def _mean(values: list[float]) -> float:
     return sum(values) / max(1, len(values))
 
 
-def run_steps(step: Callable[[float], float], max_steps: int | None, max_seconds: float | None, desc: str) -> LoopResult:
+def run_steps(
+    step: Callable[[float], float], max_steps: int | None, max_seconds: float | None, desc: str
+) -> LoopResult:
     """Call `step(progress) -> loss` until `max_steps` steps or `max_seconds` seconds, whichever comes first.
 
     `progress` in [0, 1) is how far the loop is towards the nearer limit (for learning-rate schedules).

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vlmforge.data.synth_scenes import COLOURS, GRID_SIZE, SHAPES
 from vlmforge.demo.training_loop import run_steps, write_metrics
+from vlmforge.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ def load_scene_tensors(records: list[dict], image_root: str | Path):
     import torch
     from PIL import Image
 
+    unusable = [record.get("id", "?") for record in records if not _is_scene_record(record)]
+    if unusable or not records:
+        raise DataError(f"vision pre-training needs synthetic scene records (an image and meta.objects); "
+                        f"got {len(records)} records, unusable: {unusable[:3]}")
     by_path = {record["images"][0]: record["meta"]["objects"] for record in records}
     pixels, colour_labels, shape_labels = [], [], []
     for path, objects in by_path.items():
@@ -44,6 +49,10 @@ def load_scene_tensors(records: list[dict], image_root: str | Path):
         colour_labels.append(colours)
         shape_labels.append(shapes)
     return torch.from_numpy(np.stack(pixels)), torch.tensor(colour_labels), torch.tensor(shape_labels)
+
+
+def _is_scene_record(record: dict) -> bool:
+    return bool(record.get("images")) and "objects" in record.get("meta", {})
 
 
 def normalise(pixels):
@@ -123,9 +132,9 @@ def pretrain_vision_tower(
 def _cell_heads(hidden_size: int):
     import torch
 
-    return torch.nn.ModuleDict(
-        {"colour": torch.nn.Linear(hidden_size, len(COLOUR_CLASSES)), "shape": torch.nn.Linear(hidden_size, len(SHAPE_CLASSES))}
-    )
+    colour_head = torch.nn.Linear(hidden_size, len(COLOUR_CLASSES))
+    shape_head = torch.nn.Linear(hidden_size, len(SHAPE_CLASSES))
+    return torch.nn.ModuleDict({"colour": colour_head, "shape": shape_head})
 
 
 def _dense_loss(heads, features, colour_labels, shape_labels):
