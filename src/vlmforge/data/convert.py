@@ -8,7 +8,7 @@ Formats: `llava` / `llava-pretrain` (id, image, conversations from human|gpt; ev
 caption), `sharegpt` (messages + images, LLaMA-Factory style). Nothing is keyed by image file name,
 so sources sharing images keep every record. Every output record passes `validate_record`;
 a source record that cannot be converted is left out and reported with file:line, together with
-all others, in the returned `ConvertReport`. Quirks of each format: /work/shared/FORMATS.md.
+all others, in the returned `ConvertReport`. Quirks of each format: docs/data.md.
 """
 
 from __future__ import annotations
@@ -131,8 +131,10 @@ def _read_coco(context: _Context) -> Iterator[tuple[int | None, int | None, dict
             reason = f"annotation {annotation.get('id')}: image_id {annotation.get('image_id')} is not in `images`"
             context.report.problems.append(Problem("unknown-image-id", reason).at(context.path, record=index))
             continue
-        record_id = f"coco-{annotation.get('id', index)}"
-        yield None, index, _caption_record(record_id, file_names[annotation["image_id"]], caption, "en", context)
+        # All captions of an image share its id, so evaluation scores them as several references (the COCO way).
+        record_id = f"coco-{annotation['image_id']}"
+        prompt_key = f"coco-{annotation.get('id', index)}"
+        yield None, index, _caption_record(record_id, prompt_key, file_names[annotation["image_id"]], caption, "en", context)
 
 
 def _read_aic(context: _Context) -> Iterator[tuple[int | None, int | None, dict]]:
@@ -147,12 +149,14 @@ def _read_aic(context: _Context) -> Iterator[tuple[int | None, int | None, dict]
             if not caption:
                 context.report.skipped["empty caption"] += 1
                 continue
-            record_id = f"aic-{Path(item['image_id']).stem}-{number}"
-            yield line, index, _caption_record(record_id, item["image_id"], caption, "zh", context)
+            record_id = f"aic-{Path(item['image_id']).stem}"
+            prompt_key = f"{record_id}-{number}"
+            yield line, index, _caption_record(record_id, prompt_key, item["image_id"], caption, "zh", context)
 
 
-def _caption_record(record_id: str, image: str, caption: str, lang: str, context: _Context) -> dict:
-    prompt = pick_prompt(context.prompts, context.options.seed, record_id)
+def _caption_record(record_id: str, prompt_key: str, image: str, caption: str, lang: str, context: _Context) -> dict:
+    """One caption as a record; `prompt_key` (one per caption) picks its instruction deterministically."""
+    prompt = pick_prompt(context.prompts, context.options.seed, prompt_key)
     question = prompt if IMAGE_PLACEHOLDER in prompt else f"{IMAGE_PLACEHOLDER}\n{prompt}"
     if context.options.normalize_placeholders:
         question = normalize_placeholders(question)
