@@ -34,3 +34,24 @@ def tiny_vlm_dir(tiny_parts, tmp_path_factory):
     out = tmp_path_factory.mktemp("vlm") / "tiny-vlm"
     model, processor = build_vlm(BuildConfig(vision=str(tiny_parts["siglip"]), llm=str(tiny_parts["qwen2"])))
     return save_vlm(model, processor, out)
+
+
+@pytest.fixture(scope="session")
+def lively_vlm_dir(tiny_vlm_dir, tmp_path_factory):
+    """`tiny_vlm_dir` with its weight matrices re-drawn from N(0, 0.3), saved as a VLM folder.
+
+    The freshly built model answers the same blank line to everything; this one's (nonsense)
+    answers depend on the image and the prompt, so comparisons between answers can fail.
+    """
+    import torch
+
+    from vlmforge.model.build import save_vlm
+    from vlmforge.model.load import load
+
+    model, processor = load(tiny_vlm_dir)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return save_vlm(model, processor, tmp_path_factory.mktemp("lively") / "vlm")

@@ -14,8 +14,8 @@ from vlmforge.model.load import load
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_vlm_dir):
-    return load(tiny_vlm_dir)
+def tiny(lively_vlm_dir):
+    return load(lively_vlm_dir)
 
 
 def _ask(text, n_images=1):
@@ -86,37 +86,37 @@ def test_answer_records_drops_the_reference_turn(tiny, tmp_path):
     assert answer["id"] == 3 and answer["prediction"] == expected
 
 
-def test_cli_one_shot_and_batch(tiny_vlm_dir, tmp_path, capsys):
+def test_cli_one_shot_and_batch(lively_vlm_dir, tmp_path, capsys):
     RED.save(tmp_path / "red.png")
-    assert main(["chat", str(tiny_vlm_dir), "--image", str(tmp_path / "red.png"), "--prompt", "What is it?",
+    assert main(["chat", str(lively_vlm_dir), "--image", str(tmp_path / "red.png"), "--prompt", "What is it?",
                  "--max-new-tokens", "6"]) == 0
     printed = capsys.readouterr().out.strip()
-    model, processor = load(tiny_vlm_dir)
+    model, processor = load(lively_vlm_dir)
     assert printed == generate(model, processor, [_ask("What is it?")], [[RED]], GenerationOptions(max_new_tokens=6))[0].text.strip()
 
     requests = tmp_path / "requests.jsonl"
     requests.write_text("\n".join(json.dumps({"id": f"r{i}", "images": ["red.png"] * (i % 2), "messages": [
         {"role": "user", "content": "<image>\nHi" if i % 2 else "Hello"}]}) for i in range(5)) + "\n")
     out = tmp_path / "answers.jsonl"
-    assert main(["chat", str(tiny_vlm_dir), "--batch", str(requests), "--out", str(out), "--batch-size", "2",
+    assert main(["chat", str(lively_vlm_dir), "--batch", str(requests), "--out", str(out), "--batch-size", "2",
                  "--max-new-tokens", "4"]) == 0
     answers = [json.loads(line) for line in out.read_text().splitlines()]
     assert [a["id"] for a in answers] == [f"r{i}" for i in range(5)]
     assert all(isinstance(a["prediction"], str) for a in answers)
 
 
-def test_cli_repl_multi_turn_with_image_command(tiny_vlm_dir, tmp_path, capsys, monkeypatch):
+def test_cli_repl_multi_turn_with_image_command(lively_vlm_dir, tmp_path, capsys, monkeypatch):
     RED.save(tmp_path / "red.png")
     lines = iter([f"/image {tmp_path / 'red.png'}", "What is it?", "/image nope.png", "And again?", "/quit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
-    assert main(["chat", str(tiny_vlm_dir), "--max-new-tokens", "3"]) == 0
+    assert main(["chat", str(lively_vlm_dir), "--max-new-tokens", "3"]) == 0
     captured = capsys.readouterr()
     assert captured.out.count("vlm> ") == 2 and "image attached" in captured.out
     assert "nope.png: missing image" in captured.err
 
 
-def test_cli_unreadable_image_is_one_line_exit_2(tiny_vlm_dir, tmp_path, capsys):
+def test_cli_unreadable_image_is_one_line_exit_2(lively_vlm_dir, tmp_path, capsys):
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    assert main(["chat", str(tiny_vlm_dir), "--image", str(tmp_path / "bad.jpg"), "--prompt", "hi"]) == 2
+    assert main(["chat", str(lively_vlm_dir), "--image", str(tmp_path / "bad.jpg"), "--prompt", "hi"]) == 2
     err = capsys.readouterr().err
     assert "bad.jpg" in err and "undecodable" in err and "Traceback" not in err

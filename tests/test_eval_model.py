@@ -33,20 +33,9 @@ def tiny(tiny_vlm_dir):
 
 
 @pytest.fixture(scope="module")
-def scrambled_vlm_dir(tiny_vlm_dir, tmp_path_factory):
-    """The tiny VLM with large random matrices: its (nonsense) answers depend on the image and the question,
-    where the freshly built one answers the same blank line to everything."""
-    import torch
-
-    from vlmforge.model.build import save_vlm
-
-    model, processor = load(tiny_vlm_dir)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
-    return save_vlm(model, processor, tmp_path_factory.mktemp("scrambled") / "vlm")
+def scrambled_vlm_dir(lively_vlm_dir):
+    """A tiny VLM whose (nonsense) answers depend on the image and the question (see conftest)."""
+    return lively_vlm_dir
 
 
 def test_cli_writes_predictions_metrics_and_report(scrambled_vlm_dir, colours, tmp_path, capsys):

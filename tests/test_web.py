@@ -27,19 +27,11 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists() or shutil.which("chromium"
 
 
 @pytest.fixture(scope="module")
-def lively_model(tiny_vlm_dir):
-    """The tiny VLM with weights re-drawn from N(0, 0.3): answers depend on the prompt and image."""
-    import torch
-
+def lively_model(lively_vlm_dir):
+    """The tiny VLM with random weights whose answers depend on the prompt and image (see conftest)."""
     from vlmforge.model.load import load
 
-    model, processor = load(tiny_vlm_dir)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return model, processor
+    return load(lively_vlm_dir)
 
 
 @pytest.fixture(scope="module")
