@@ -20,6 +20,7 @@ def tiny_parts(tmp_path_factory):
         "siglip-dual": make_tiny_vision(root / "siglip-dual", "siglip", dual=True),
         "clip": make_tiny_vision(root / "clip", "clip"),
         "clip-dual": make_tiny_vision(root / "clip-dual", "clip", dual=True),
+        "dinov2": make_tiny_vision(root / "dinov2", "dinov2"),
         "qwen2": make_tiny_llm(root / "qwen2", "qwen2"),
         "qwen3": make_tiny_llm(root / "qwen3", "qwen3"),
         "llama": make_tiny_llm(root / "llama", "llama"),

@@ -27,6 +27,7 @@ def _native(folder):
         ("siglip-dual", "qwen3", 16),
         ("clip", "llama", 16),  # CLIP's CLS token is dropped by default
         ("clip-dual", "qwen2", 16),
+        ("dinov2", "qwen2", 16),  # another ViT backbone: its CLS token is dropped like CLIP's
     ],
 )
 def test_exported_folder_loads_natively_with_identical_logits(tiny_parts, tmp_path, vision, llm, tokens):

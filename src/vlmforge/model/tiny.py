@@ -52,6 +52,12 @@ def make_tiny_vision(out_dir: str | Path, kind: str = "siglip", image_size: int 
         model = CLIPModel(CLIPConfig(text_config=text, vision_config=shape)) if dual else CLIPVisionModel(vision_config)
         processor = CLIPImageProcessor(size={"shortest_edge": image_size},
                                        crop_size={"height": image_size, "width": image_size})
+    elif kind == "dinov2":
+        from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+        model = Dinov2Model(Dinov2Config(**shape))
+        processor = BitImageProcessor(size={"shortest_edge": image_size},
+                                      crop_size={"height": image_size, "width": image_size})
     else:
         raise ValueError(f"unknown tiny vision kind {kind}")
     out_dir = Path(out_dir)
