@@ -84,7 +84,7 @@ def _add_api_routes(app, config: ServeConfig, worker: ModelWorker) -> None:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": name, "waiting": len(worker.queue)}
+        return {"status": "ok", "model": name, "waiting": len(worker.queue), "max_tokens": config.max_tokens}
 
     @app.get("/v1/models")
     async def models(request: Request):

@@ -193,6 +193,20 @@ function clearConversation() {
   setStatus("");
 }
 
+async function applyServerLimits() {
+  // The page's default answer length never exceeds what the server accepts.
+  try {
+    const health = await (await fetch("/health")).json();
+    const input = $("max-tokens");
+    if (health.max_tokens) {
+      input.max = health.max_tokens;
+      input.value = Math.min(parseInt(input.value, 10) || health.max_tokens, health.max_tokens);
+    }
+  } catch (error) {
+    /* the limit check on the server still applies */
+  }
+}
+
 async function showModel() {
   try {
     const response = await fetch("/v1/models", { headers: apiHeaders() });
@@ -243,6 +257,7 @@ function wire() {
     if (file) attachImage(file);
   });
   showModel();
+  applyServerLimits();
 }
 
 wire();
