@@ -112,9 +112,10 @@ def test_pasted_image_is_attached_and_refusals_are_shown(page, server):
     }""", list(buffer.getvalue()))
     page.wait_for_selector("#image-preview:not([hidden])")
     page.click("#composer summary")
-    page.fill("#max-tokens", "1000")  # over the server's limit of 32
+    assert page.input_value("#max-tokens") == "32"  # the page follows the server's limit (from /health)
+    page.fill("#max-tokens", "1000")  # over the server's limit of 32: the server refuses it
     page.fill("#prompt", "What is it?")
-    page.click("#send")
+    page.press("#prompt", "Enter")
     error = page.wait_for_selector(".message.error")
     assert "max_tokens must be between 1 and 32" in error.text_content()
     assert page.locator(".message.assistant").count() == 0  # the failed turn is not kept
