@@ -49,14 +49,18 @@ def cosine_with_warmup(warmup: int, total: int, min_ratio: float):
 
 
 def choose_precision(setting: str, device) -> bool:
-    """True when bf16 autocast should be used."""
+    """True when bf16 autocast should be used.
+
+    On a CPU only with AMX tiles: there oneDNN's bf16 GEMM is several times faster than fp32, while with
+    AVX512-BF16 alone it measured 2-3× slower than fp32 (`vlmforge bench`, docs/performance.md).
+    """
     import torch
 
     if setting != "auto":
         return setting == "bf16"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return device.type == "cpu" and torch.cpu._is_amx_tile_supported()
 
 
 def load_model_for_training(recipe: Recipe, device, loaded=None):
@@ -102,6 +106,7 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs
 
         from vlmforge.data.dataset import BadSampleBudget, ConversationDataset
+        from vlmforge.data.token_lengths import dataset_token_lengths
         from vlmforge.train.batching import BatchPlan, Collator
         from vlmforge.train.steps import StepBatches
         from vlmforge.train.trainability import count_parameters, parameter_groups
@@ -130,7 +135,9 @@ class Trainer:
         self.dataset = ConversationDataset(data.paths, data.weights or None, data.image_roots, budget=budget, seed=train.seed)
         num_image_tokens = self.unwrapped.config.image_seq_length
         world = self.accelerator.num_processes
-        self.plan = BatchPlan(self.dataset.length_estimates(num_image_tokens), train.batch_size * train.grad_accum * world,
+        lengths = (dataset_token_lengths(self.dataset, self.processor.tokenizer, self.processor.image_token, num_image_tokens)
+                   if data.group_by_length else self.dataset.length_estimates(num_image_tokens))
+        self.plan = BatchPlan(lengths, train.batch_size * train.grad_accum * world,
                               train.seed, data.group_by_length)
         if self.plan.steps_per_epoch() == 0:
             raise VlmforgeError(f"{len(self.dataset)} samples cannot fill one global batch of {self.plan.global_batch} "
