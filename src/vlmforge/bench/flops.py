@@ -1,0 +1,175 @@
+"""FLOPs of one training step, counted from the model's shapes and the batch's token counts.
+
+    shape = ModelShape.from_llava_config(model.config, lora_rank=16, lora_targets=ALL_LLM_LINEARS)
+    flops = training_flops(shape, StepTokens(lengths=(310, 250), images=2, trained_tokens=120))
+
+The 6·N·T rule assumes every weight gets a gradient. With a frozen base only what is computed is
+counted: forward 2·N·T for every weight touched; backward 2·N·T of input gradients through the
+LLM (and through the vision tower only when it is trained); 2·N·T of weight gradients for the
+trainable weights only (LoRA, projector). Attention adds 4·head_dim·heads per query-key pair and
+layer forward (QKᵀ and AV; causal in the LLM: T(T+1)/2 pairs; all P² pairs in the vision tower),
+twice that backward. The LM head runs only where the loss needs it (trained positions), unless
+`logits_on_all` (the plain `labels=` path, full logits). Norms, activations and softmax are left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ALL_LLM_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes FLOPs depend on: a Llava model (vision tower → MLP projector → decoder LLM) with LoRA."""
+
+    image_size: int
+    patch_size: int
+    channels: int
+    vision_hidden: int
+    vision_layers: int
+    vision_intermediate: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    lora_rank: int = 0
+    lora_targets: tuple[str, ...] = ALL_LLM_LINEARS
+
+    @classmethod
+    def from_llava_config(cls, config, lora_rank: int = 0, lora_targets=ALL_LLM_LINEARS) -> ModelShape:
+        vision, text = config.vision_config, config.text_config
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        return cls(image_size=vision.image_size, patch_size=vision.patch_size, channels=getattr(vision, "num_channels", 3),
+                   vision_hidden=vision.hidden_size, vision_layers=vision.num_hidden_layers,
+                   vision_intermediate=vision.intermediate_size, hidden=text.hidden_size, layers=text.num_hidden_layers,
+                   heads=text.num_attention_heads, kv_heads=getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
+                   head_dim=head_dim, intermediate=text.intermediate_size, vocab=text.vocab_size,
+                   lora_rank=lora_rank, lora_targets=tuple(lora_targets or ALL_LLM_LINEARS))
+
+    @property
+    def patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def llm_linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer of one decoder layer."""
+        d, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
+                "gate_proj": (d, i), "up_proj": (d, i), "down_proj": (i, d)}
+
+    @property
+    def llm_linear_params(self) -> int:
+        """Weights of the decoder layers' linear layers (no embeddings, no LM head)."""
+        return self.layers * sum(a * b for a, b in self.llm_linear_shapes().values())
+
+    @property
+    def lora_params(self) -> int:
+        shapes = self.llm_linear_shapes()
+        per_layer = sum(self.lora_rank * sum(shapes[name]) for name in self.lora_targets if name in shapes)
+        return self.layers * per_layer
+
+    @property
+    def vision_layer_params(self) -> int:
+        dv, iv = self.vision_hidden, self.vision_intermediate
+        return self.vision_layers * (4 * dv * dv + 2 * dv * iv)
+
+    @property
+    def patch_embed_params(self) -> int:
+        return self.channels * self.patch_size**2 * self.vision_hidden
+
+    @property
+    def projector_params(self) -> int:
+        return self.vision_hidden * self.hidden + self.hidden * self.hidden
+
+
+@dataclass(frozen=True)
+class StepTokens:
+    """What one step computes on: each row's tokens, the images, and the positions the loss trains."""
+
+    lengths: tuple[int, ...]  # tokens per row (real tokens, or the padded row length)
+    images: int
+    trained_tokens: int
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    forward: float
+    backward: float
+    six_n_t: float  # the 6·N·T rule of thumb, for comparison
+
+    @property
+    def total(self) -> float:
+        return self.forward + self.backward
+
+    def __add__(self, other: FlopCount) -> FlopCount:
+        return FlopCount(self.forward + other.forward, self.backward + other.backward, self.six_n_t + other.six_n_t)
+
+
+def causal_pairs(lengths) -> int:
+    """Query-key pairs a causal attention computes: Σ T(T+1)/2."""
+    return sum(length * (length + 1) // 2 for length in lengths)
+
+
+def vision_flops(shape: ModelShape, images: int, trained: bool) -> tuple[float, float]:
+    """(forward, backward) of the vision tower; no backward when it is frozen."""
+    tokens = images * shape.patches
+    attention = shape.vision_layers * 4 * shape.vision_hidden * images * shape.patches**2
+    forward = 2 * (shape.vision_layer_params + shape.patch_embed_params) * tokens + attention
+    if not trained:
+        return forward, 0.0
+    weight_grads = 2 * (shape.vision_layer_params + shape.patch_embed_params) * tokens
+    input_grads = 2 * shape.vision_layer_params * tokens + 2 * attention  # none into the pixels
+    return forward, weight_grads + input_grads
+
+
+def projector_flops(shape: ModelShape, images: int, vision_trained: bool) -> tuple[float, float]:
+    tokens = images * shape.patches
+    forward = 2 * shape.projector_params * tokens
+    input_grads = 2 * shape.hidden * shape.hidden * tokens  # into linear_2's input, for linear_1's weights
+    if vision_trained:
+        input_grads += 2 * shape.vision_hidden * shape.hidden * tokens
+    return forward, 2 * shape.projector_params * tokens + input_grads
+
+
+def llm_flops(shape: ModelShape, lengths) -> tuple[float, float]:
+    """(forward, backward) of the decoder layers: frozen base + LoRA, input gradients all the way down."""
+    tokens = sum(lengths)
+    weights = shape.llm_linear_params + shape.lora_params
+    attention = shape.layers * 4 * shape.head_dim * shape.heads * causal_pairs(lengths)
+    forward = 2 * weights * tokens + attention
+    backward = 2 * weights * tokens + 2 * attention + 2 * shape.lora_params * tokens
+    return forward, backward
+
+
+def training_flops(shape: ModelShape, step: StepTokens, vision_trained: bool = False,
+                   logits_on_all: bool = False) -> FlopCount:
+    """FLOPs of one training step (projector + LoRA trained; the vision tower too when `vision_trained`)."""
+    vision = vision_flops(shape, step.images, vision_trained)
+    projector = projector_flops(shape, step.images, vision_trained)
+    llm = llm_flops(shape, step.lengths)
+    head_positions = sum(step.lengths) if logits_on_all else step.trained_tokens
+    head = 2 * shape.hidden * shape.vocab * head_positions  # forward; its input gradient costs the same
+    forward = vision[0] + projector[0] + llm[0] + head
+    backward = vision[1] + projector[1] + llm[1] + head
+    image_tokens = step.images * shape.patches
+    six_n_t = (6 * (shape.llm_linear_params + shape.lora_params + shape.hidden * shape.vocab) * sum(step.lengths)
+               + 6 * (shape.vision_layer_params + shape.patch_embed_params + shape.projector_params) * image_tokens)
+    return FlopCount(float(forward), float(backward), float(six_n_t))
+
+
+def batch_step_tokens(micro_batches, padded: bool = False) -> StepTokens:
+    """The `StepTokens` of a step's collated micro-batches (`input_ids`, `attention_mask`, `labels`, `pixel_values`)."""
+    from vlmforge.data.tokenize import IGNORE_INDEX
+
+    lengths, images, trained = [], 0, 0
+    for batch in micro_batches:
+        if batch is None:
+            continue
+        mask = batch["attention_mask"]  # (B, T)
+        lengths += [mask.shape[1]] * mask.shape[0] if padded else mask.sum(dim=1).tolist()
+        trained += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        images += 0 if batch.get("pixel_values") is None else int(batch["pixel_values"].shape[0])
+    return StepTokens(tuple(int(length) for length in lengths), images, trained)

@@ -1,0 +1,70 @@
+"""The benchmark report as a plain-text table: vlmforge, the baseline, and their ratio."""
+
+from __future__ import annotations
+
+
+def _number(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if abs(value) >= scale:
+            return f"{value / scale:.{digits}f}{suffix}"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(ours, theirs, higher_is_better: bool = True) -> str:
+    if not ours or not theirs:
+        return "-"
+    return f"{ours / theirs:.2f}×" if higher_is_better else f"{theirs / ours:.2f}×"
+
+
+def _rows(report: dict) -> list[tuple[str, str, str, str]]:
+    training = report["training"]
+    ours, theirs = training["vlmforge"], training["baseline"]
+    if "error" in theirs:
+        theirs = {}
+    rows = [("training", f"vlmforge ({ours['precision']})", f"baseline ({theirs.get('precision', 'fp32')})", "ratio")]
+    for label, key, digits in (("real tokens/s", "real_tokens_per_s", 0), ("samples/s", "samples_per_s", 2),
+                               ("median step (s)", "median_step_s", 3)):
+        rows.append((label, _number(ours[key], digits), _number(theirs.get(key), digits),
+                     _ratio(ours[key], theirs.get(key), key != "median_step_s")))
+    rows.append(("FLOPs/step (needed)", _number(ours["flops_per_step"], 2), _number(theirs.get("executed_flops_per_step"), 2)
+                 + " exec.", ""))
+    rows.append(("MFU", _percent(ours["mfu"]), _percent(theirs.get("mfu")), ""))
+    rows.append(("pad fraction", _percent(ours["pad_fraction"]), _percent(theirs.get("pad_fraction")), ""))
+    rows.append(("peak memory (MB)", _number(ours["peak_memory_mb"], 0), _number(theirs.get("peak_memory_mb"), 0), ""))
+    inference = report.get("inference")
+    if inference:
+        rows.append((f"generation ({inference['dtype']})", "vlmforge", "plain generate", "ratio"))
+        for batch_key, ours_gen in inference["vlmforge"].items():
+            plain = inference["plain"][batch_key]
+            batch = batch_key.removeprefix("batch_")
+            rows.append((f"TTFT ms, batch {batch}", _number(ours_gen["ttft_ms"]), _number(plain["ttft_ms"]),
+                         _ratio(ours_gen["ttft_ms"], plain["ttft_ms"], higher_is_better=False)))
+            rows.append((f"decode tok/s, batch {batch}", _number(ours_gen["decode_tokens_per_s"], 0),
+                         _number(plain["decode_tokens_per_s"], 0),
+                         _ratio(ours_gen["decode_tokens_per_s"], plain["decode_tokens_per_s"])))
+    return rows
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def format_report(report: dict) -> str:
+    """The table `vlmforge bench` prints; ratios > 1 mean vlmforge is faster."""
+    gemm, machine = report["gemm"], report["machine"]
+    head = [f"vlmforge bench --config {report['config']}  on {machine['cpu']} ({machine['cpu_cores']} cores"
+            + (f", {machine['gpu']}" if machine.get("gpu") else "") + f"), torch {machine['torch']}",
+            f"GEMM {gemm['size']}²: fp32 {_number(gemm['fp32_tflops'], 3)} TFLOP/s, bf16 {_number(gemm['bf16_tflops'], 3)} TFLOP/s"]
+    rows = _rows(report)
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = []
+    for row in rows:
+        if row[3] == "ratio":
+            lines.append("")
+        lines.append("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths))))
+    training = report["training"]
+    speedup = "-" if training["speedup"] is None else f"{training['speedup']:.2f}×"
+    tail = f"\ntraining speedup (real tokens/s): {speedup}; vlmforge MFU {_percent(training['mfu'])}, padding {_percent(training['pad_fraction'])}"
+    return "\n".join(head + lines) + tail
