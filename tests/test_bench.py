@@ -2,7 +2,6 @@
 numerics (grouping, LM head on trained positions only, bf16) against the plain path. No timing asserts."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

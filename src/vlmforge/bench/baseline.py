@@ -104,10 +104,10 @@ def naive_model(model, settings: BaselineSettings):
     return model, torch.optim.AdamW(trained, lr=settings.lr)
 
 
-def _loader(dataset, settings: BaselineSettings, pad_id: int, epoch: int):
+def _loader(dataset, settings: BaselineSettings, pad_id: int):
     import torch
 
-    generator = torch.Generator().manual_seed(settings.seed + epoch)
+    generator = torch.Generator().manual_seed(settings.seed)
     return torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator,
                                        drop_last=True, collate_fn=lambda items: pad_to_longest(items, pad_id))
 
@@ -115,7 +115,8 @@ def _loader(dataset, settings: BaselineSettings, pad_id: int, epoch: int):
 class BaselineSide(TrainingSide):
     """The naive loop: a shuffled DataLoader over the given records, `labels=` loss, clip, AdamW step."""
 
-    def __init__(self, model, processor, data_path: str | Path, indices: list[int], settings: BaselineSettings, device):
+    def __init__(self, model, processor, data_path: str | Path, indices: list[int], settings: BaselineSettings, device,
+                 warmup_indices: list[int]):
         import torch
 
         self.model, self.optimizer = naive_model(model, settings)
@@ -125,13 +126,14 @@ class BaselineSide(TrainingSide):
         self.run = TrainingRun("baseline", "fp32", ModelShape.from_llava_config(config, settings.lora_rank),
                                vision_trained=True, logits_on_all=True)
         records = NaiveDataset(data_path, processor, config.image_seq_length, settings.max_length)
-        self.dataset = torch.utils.data.Subset(records, indices)
+        self.records, self.warmup_indices = records, warmup_indices
         self.pad_id = processor.tokenizer.pad_token_id or 0
-        self.batches = iter(_loader(self.dataset, settings, self.pad_id, epoch=0))
+        self.batches = iter(_loader(torch.utils.data.Subset(records, indices), settings, self.pad_id))
 
     def warmup(self) -> None:
-        warmup_batches = iter(_loader(self.dataset, self.settings, self.pad_id, epoch=1))
-        self.step([next(warmup_batches) for _ in range(self.settings.grad_accum)])
+        size = self.settings.batch_size
+        items = [self.records[index] for index in self.warmup_indices]
+        self.step([pad_to_longest(items[i:i + size], self.pad_id) for i in range(0, len(items), size)])
 
     def load(self) -> list:
         return [next(self.batches) for _ in range(self.settings.grad_accum)]

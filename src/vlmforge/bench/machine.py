@@ -29,13 +29,22 @@ def bf16_supported(device) -> bool:
     return choose_precision("auto", device)
 
 
+def load_average() -> float | None:
+    """The 1-minute load average: other work on the machine (a shared CPU makes every figure noisy)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def machine_info(device) -> dict:
     import torch
     import transformers
 
     info = {"device": str(device), "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "bf16": bf16_supported(device)}
+            "bf16": bf16_supported(device), "amx": bool(torch.cpu._is_amx_tile_supported()),
+            "load_average_start": load_average()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
@@ -67,7 +76,7 @@ def gemm_tflops(device, dtype, size: int, repeats: int = 5) -> float:
 
 
 def measure_gemm(device, size: int, repeats: int = 5) -> dict:
-    """The machine's ceiling in fp32 and (where vlmforge uses it) bf16; fp32 on CUDA is true fp32 (no TF32)."""
+    """The machine's ceiling in fp32 and bf16 (where the device has it); fp32 on CUDA is true fp32 (no TF32)."""
     import torch
 
     result = {"size": size, "fp32_tflops": None, "bf16_tflops": None}
@@ -77,7 +86,7 @@ def measure_gemm(device, size: int, repeats: int = 5) -> dict:
         result["fp32_tflops"] = gemm_tflops(device, torch.float32, size, repeats)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    if bf16_supported(device):
+    if device.type == "cpu" or torch.cuda.is_bf16_supported():
         result["bf16_tflops"] = gemm_tflops(device, torch.bfloat16, size, repeats)
     return result
 

@@ -1,6 +1,6 @@
 """One benchmark run: ceiling, data, vlmforge and the baseline trained side by side, generation; one report.
 
-    report = run_bench("small", steps=8)   # the dict `vlmforge bench --json` writes
+    report = run_bench("small", steps=5)   # the dict `vlmforge bench --json` writes
 
 Everything is written to a temporary folder (or `work_dir`) and measured in this process. On a
 CPU both training sides live together and alternate step by step (the machine may be shared); on
@@ -36,9 +36,19 @@ def bench_device(config: BenchConfig, device: str = ""):
 
 
 def run_bench(config_name: str, steps: int | None = None, device: str = "", work_dir: str | Path | None = None,
-              precision: str = "auto") -> dict:
-    """Measure everything for `config_name`; returns the report (its keys: docs/performance.md)."""
+              precision: str = "auto", threads: int | None = None) -> dict:
+    """Measure everything for `config_name`; returns the report (its keys: docs/performance.md).
+
+    `threads` sets torch's CPU threads (on a CPU shared with other torch work, 1 thread avoids the
+    oversubscription that makes every step many times slower).
+    """
+    import torch
+
     config = get_config(config_name)
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     if steps is not None:
         if steps < 1:
             raise ConfigError(f"--steps must be >= 1, got {steps}")
@@ -52,7 +62,7 @@ def run_bench(config_name: str, steps: int | None = None, device: str = "", work
 
 
 def _run(config: BenchConfig, device, folder: Path, precision: str) -> dict:
-    from vlmforge.bench.machine import best_gemm, machine_info, measure_gemm
+    from vlmforge.bench.machine import best_gemm, load_average, machine_info, measure_gemm
     from vlmforge.bench.models import build_model_folder
     from vlmforge.bench.synthetic_data import write_bench_dataset
 
@@ -65,6 +75,7 @@ def _run(config: BenchConfig, device, folder: Path, precision: str) -> dict:
     bench = _Bench(config, device, folder, data_path, model_dir, precision)
     vlmforge_run, baseline_run, report["inference"] = bench.run()
     report["gemm"] = best_gemm(gemm_before, measure_gemm(device, config.gemm_size))
+    report["machine"]["load_average_end"] = load_average()
     report["training"] = training_report(vlmforge_run, baseline_run, report["gemm"])
     return report
 
@@ -128,7 +139,8 @@ class _Bench:
         settings = BaselineSettings(batch_size=config.batch_size, grad_accum=config.grad_accum, lora_rank=config.lora_rank,
                                     lora_alpha=config.lora_alpha, max_length=config.max_length)
         model, processor = self._base_model() or load(self.model_dir, dtype="float32")
-        return BaselineSide(model, processor, self.data_path, indices, settings, self.device)
+        warmup_indices = indices[:self.config.global_batch]  # vlmforge's first global batch: the longest
+        return BaselineSide(model, processor, self.data_path, indices, settings, self.device, warmup_indices)
 
     def _baseline_alone(self, indices: list[int]):
         """The baseline on its own (GPU); an out-of-memory baseline is reported as such."""
@@ -156,7 +168,9 @@ class _Bench:
 
         trainer = vlmforge_side.trainer
         if self.config.needs_cuda:  # no round trip through the disk for 7B: merge in memory
-            model, processor = trainer.unwrapped_peft.merge_and_unload().eval(), trainer.processor
+            import torch
+
+            model, processor = trainer.unwrapped_peft.merge_and_unload().eval().to(torch.bfloat16), trainer.processor
         else:
             export_model(trainer.unwrapped_peft, trainer.processor, self.folder / "export")
             model, processor = load(self.folder / "export", device=str(self.device))

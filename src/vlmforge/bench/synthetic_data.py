@@ -92,13 +92,13 @@ def write_bench_dataset(out_dir: str | Path, count: int, image_size: int, seed: 
     """Write `count` records (+ their images) to `out_dir/train.jsonl`; returns the JSONL path."""
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
+    rng, image_rng = random.Random(seed), random.Random(seed + 1)  # the texts do not depend on the image size
     kinds = rng.choices(KINDS, weights=[kind.share for kind in KINDS], k=count)
     lines = []
     for index, kind in enumerate(kinds):
         record = make_record(rng, kind, index, text_scale)
         if kind.has_image:
-            _draw_image(out_dir / record["images"][0], image_size, rng)
+            _draw_image(out_dir / record["images"][0], image_size, image_rng)
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
     path = out_dir / "train.jsonl"
     path.write_text("".join(lines), encoding="utf-8")

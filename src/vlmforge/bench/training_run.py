@@ -35,7 +35,7 @@ class TrainingRun:
     executed_flops: float = 0.0  # what this side computes: its padding, its logits, its vision gradients
     six_n_t: float = 0.0
     resident_bytes: int = 0  # weights + optimizer state, between steps
-    step_peak_bytes: int = 0  # the most a step added on top
+    step_peak_bytes: int = 0  # what the longest batch's step added on top
     error: str = ""
 
     def add_step(self, micro_batches: list, seconds: float, data_seconds: float, loss: float) -> None:
@@ -86,7 +86,8 @@ class TrainingRun:
 
 
 class TrainingSide:
-    """One way of training: `warmup()` (untimed), then `step()` → (micro-batches, loss) per optimizer step."""
+    """One way of training: `warmup()` (untimed, on the run's longest batch), then per optimizer step
+    `load()` its micro-batches and `step()` on them (→ loss)."""
 
     run: TrainingRun
     device: object
@@ -106,9 +107,7 @@ class TrainingSide:
 
 
 def timed_step(side: TrainingSide) -> None:
-    """Run one step of `side` and record its time, tokens, FLOPs and memory."""
-    memory = StepMemory(side.device)
-    memory.start()
+    """Run one step of `side` and record its time (data loading included), tokens and FLOPs."""
     synchronize(side.device)
     started = time.perf_counter()
     micro_batches = side.load()
@@ -116,14 +115,27 @@ def timed_step(side: TrainingSide) -> None:
     loss = side.step(micro_batches)
     synchronize(side.device)
     side.run.add_step(micro_batches, time.perf_counter() - started, loaded - started, loss)
-    side.run.step_peak_bytes = max(side.run.step_peak_bytes, memory.transient_bytes())
+
+
+def warmup_with_memory(side: TrainingSide) -> None:
+    """The untimed first step, on the same (longest) samples for every side; it measures the memory.
+
+    Memory is measured here and not in the timed steps: returning freed memory to the OS before a
+    step, which the measurement needs on a CPU, slows the step that follows.
+    """
+    before = side.resident_bytes()
+    memory = StepMemory(side.device)
+    memory.start()
+    side.warmup()
+    side.run.resident_bytes = side.resident_bytes()
+    created = side.run.resident_bytes - before  # optimizer state, created by the first step
+    side.run.step_peak_bytes = max(0, memory.transient_bytes() - created)
 
 
 def run_sides(sides: list[TrainingSide], steps: int, alternate: bool) -> None:
     """Warm each side up, then time `steps` steps of each: alternating (A B, B A, ...) or one side after the other."""
     for side in sides:
-        side.warmup()
-        side.run.resident_bytes = side.resident_bytes()
+        warmup_with_memory(side)
     if alternate:
         for step in range(steps):
             for side in sides if step % 2 == 0 else sides[::-1]:

@@ -51,7 +51,7 @@ class VlmforgeSide(TrainingSide):
         self.batches = iter(self.trainer._loader(0))
 
     def warmup(self) -> None:
-        self.step(self.trainer.step_batches[0])
+        self.step(self.trainer.step_batches[0])  # the plan puts the longest global batch first
 
     def load(self) -> list:
         return next(self.batches)

@@ -17,6 +17,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="vlmforge side's precision (default auto: bf16 autocast where the hardware has it)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's; 1 on a CPU shared with other torch work)")
     parser.add_argument("--work-dir", default="", help="keep the data, models and runs here (default: a temporary folder)")
 
 
@@ -28,7 +30,7 @@ def run(args) -> int:
     from vlmforge.bench.runner import run_bench
 
     report = run_bench(args.config, steps=args.steps, device=args.device, work_dir=args.work_dir or None,
-                       precision=args.precision)
+                       precision=args.precision, threads=args.threads)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
