@@ -237,3 +237,36 @@ def test_unknown_config_and_bad_steps_are_config_errors():
     with pytest.raises(ConfigError, match="steps"):
         run_bench("tiny", steps=0)
     assert set(CONFIGS) == {"tiny", "small", "7b-lora"}
+
+
+def test_plan_counts_parameters_and_activations_by_hand():
+    from vlmforge.bench.plan import CONTEXT_BYTES, activation_bytes_per_token, estimate, parameter_counts
+
+    # vision 512 + 1536, projector 384, LLM linears 2304 + embeddings 100·16 (tied), LoRA 112
+    assert parameter_counts(HAND_SHAPE, True, "frozen", "full", "lora") == (512 + 1536 + 384 + 2304 + 1600 + 112, 384 + 112)
+    # per layer: norms 8·16, projections' inputs and q, k, v, output 2·(2·16 + 2·16 + 3·8), MLP 2·4·32, LoRA 2·2·2
+    per_layer = 128 + 2 * (32 + 32 + 24) + 256 + 8
+    assert activation_bytes_per_token(HAND_SHAPE, "lora", checkpointing=False) == per_layer
+    assert activation_bytes_per_token(HAND_SHAPE, "lora", checkpointing=True) == 2 * 16 + per_layer
+    memory = estimate(HAND_SHAPE, ("frozen", "full", "lora"), batch=2, seq_len=10, checkpointing=False, tied_embeddings=True)
+    assert memory.weights == 2 * (6448 - 496) + 4 * 496 and memory.optimizer == 12 * 496
+    assert memory.activations == 20 * per_layer and memory.logits == 20 * 0.5 * 100 * 10
+    assert memory.total == memory.weights + memory.optimizer + memory.activations + memory.logits + CONTEXT_BYTES
+
+
+def test_plan_recommends_checkpointing_only_when_needed(capsys):
+    from vlmforge.bench.plan import plan_recipe
+
+    roomy, _ = plan_recipe("instruct-lora", gpu_gb=141, bench_config="7b-lora", seq_len=1024)
+    tight, _ = plan_recipe("instruct-lora", gpu_gb=24, bench_config="7b-lora", seq_len=2048)
+    assert "without gradient checkpointing" in roomy["advice"] and "with gradient checkpointing" in tight["advice"]
+    sizes = [row["gb"] for row in roomy["rows"]]
+    assert sizes == sorted(sizes) and all(r["gb_checkpointing"] < r["gb"] for r in roomy["rows"])
+    assert main(["bench", "--plan", "instruct-lora", "--config", "7b-lora", "--gpu-gb", "16"]) == 0
+    assert "does not fit in 16 GB" in capsys.readouterr().out
+
+
+def test_plan_reads_a_model_folder(tiny_vlm_dir, capsys):
+    assert main(["bench", "--plan", "instruct-lora", "--model", str(tiny_vlm_dir), "--gpu-gb", "8"]) == 0
+    out = capsys.readouterr().out
+    assert str(tiny_vlm_dir) in out and "micro-batch 32 without gradient checkpointing" in out

@@ -3,6 +3,7 @@
     vlmforge bench --config small --json bench.json     # a 2-core CPU: about 2-3 minutes
     vlmforge bench --config tiny --steps 2              # seconds (what the tests run)
     vlmforge bench --config 7b-lora                     # a CUDA GPU: SigLIP-so400m + Qwen2.5-7B shapes
+    vlmforge bench --plan instruct-lora --model my-vlm --gpu-gb 24    # memory estimate, batch advice; no run
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ def add_arguments(parser) -> None:
                         help="vlmforge side's precision (default auto: bf16 autocast where the hardware has it)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 on a CPU shared with other torch work)")
+    parser.add_argument("--plan", metavar="RECIPE", default="",
+                        help="only estimate RECIPE's GPU memory and recommend a batch size (no benchmark run)")
+    parser.add_argument("--model", default="", help="--plan: the model folder (default: the recipe's model.path, "
+                                                    "else the shapes of --config)")
+    parser.add_argument("--gpu-gb", type=float, default=80.0, help="--plan: GPU memory in GB (default 80)")
+    parser.add_argument("--seq-len", type=int, default=None, help="--plan: tokens per sequence (default: data.max_length)")
     parser.add_argument("--work-dir", default="", help="keep the data, models and runs here (default: a temporary folder)")
 
 
@@ -26,6 +33,8 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
+    if args.plan:
+        return _plan(args)
     from vlmforge.bench.report import format_report
     from vlmforge.bench.runner import run_bench
 
@@ -35,4 +44,12 @@ def run(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"report written to {args.json}")
+    return 0
+
+
+def _plan(args) -> int:
+    from vlmforge.bench.plan import format_plan, plan_recipe
+
+    result, title = plan_recipe(args.plan, args.gpu_gb, args.model, args.config, args.seq_len)
+    print(format_plan(result, title))
     return 0
