@@ -28,8 +28,10 @@ def _rows(report: dict) -> list[tuple[str, str, str, str]]:
                                ("median step (s)", "median_step_s", 3)):
         rows.append((label, _number(ours[key], digits), _number(theirs.get(key), digits),
                      _ratio(ours[key], theirs.get(key), key != "median_step_s")))
-    rows.append(("FLOPs/step (needed)", _number(ours["flops_per_step"], 2), _number(theirs.get("executed_flops_per_step"), 2)
-                 + " exec.", ""))
+    rows.append(("FLOPs/step needed", _number(ours["flops_per_step"], 1), _number(theirs.get("flops_per_step"), 1), ""))
+    rows.append(("FLOPs/step executed", _number(ours["executed_flops_per_step"], 1),
+                 _number(theirs.get("executed_flops_per_step"), 1),
+                 _ratio(theirs.get("executed_flops_per_step"), ours["executed_flops_per_step"])))
     rows.append(("MFU", _percent(ours["mfu"]), _percent(theirs.get("mfu")), ""))
     rows.append(("pad fraction", _percent(ours["pad_fraction"]), _percent(theirs.get("pad_fraction")), ""))
     rows.append(("peak memory (MB)", _number(ours["peak_memory_mb"], 0), _number(theirs.get("peak_memory_mb"), 0), ""))

@@ -149,6 +149,7 @@ class _Bench:
         from vlmforge.bench.training_run import TrainingRun, run_sides
 
         side = None
+        _free(self.device)  # the vlmforge side's model is gone: give its memory back before building this one
         try:
             side = self._baseline_side(indices)
             run_sides([side], self.config.steps, alternate=False)
