@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", metavar="OUT", default="", help="also write the full report as JSON")
     parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="vlmforge side's precision (default auto: bf16 autocast where the hardware has it)")
+                        help="vlmforge side's precision (default auto: bf16 autocast on a GPU, or a CPU with AMX)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 on a CPU shared with other torch work)")
     parser.add_argument("--plan", metavar="RECIPE", default="",
