@@ -12,7 +12,8 @@ import pytest
 from train_helpers import write_colour_dataset
 
 SCRIPT = """
-import sys
+import logging, sys
+logging.basicConfig(level=logging.INFO, format="%(message)s")
 sys.path.insert(0, {tests!r})
 from train_helpers import tiny_recipe
 from vlmforge.train.loop import train
@@ -44,6 +45,7 @@ def test_two_processes_match_one_process(tiny_vlm_dir, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     assert _losses(tmp_path / "ddp") == pytest.approx(_losses(tmp_path / "single"), rel=1e-5)
-    # Only rank 0 wrote: one metrics line per step, one set of checkpoints.
+    # Only rank 0 talks and writes: one log of the set-up, one metrics line per step, one set of checkpoints.
+    assert two.stderr.count("parameters:") == 1, two.stderr[-3000:]
     assert len(_losses(tmp_path / "ddp")) == 3
     assert sorted(p.name for p in (tmp_path / "ddp").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-latest"]

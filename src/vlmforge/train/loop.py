@@ -115,6 +115,11 @@ class Trainer:
         cpu = train.device == "cpu" or (not train.device and not torch.cuda.is_available())
         self.accelerator = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.is_main = self.accelerator.is_main_process
+        if not self.is_main:  # only rank 0 talks; the others still raise their errors
+            logging.getLogger("vlmforge").setLevel(logging.WARNING)
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
         torch.manual_seed(train.seed)
         model, self.processor = load_model_for_training(self.recipe, self.accelerator.device, self.base_model)
         self.bf16 = choose_precision(train.precision, self.accelerator.device)
