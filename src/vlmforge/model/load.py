@@ -27,7 +27,8 @@ def load(path: str | Path, dtype: str | None = None, device: str | None = None):
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
         processor = AutoProcessor.from_pretrained(path)
     except (OSError, ValueError, KeyError) as error:
-        raise ModelError(f"cannot load a vision-language model from {path}: {error}") from None
+        where = "no such folder, and not a hub id that can be loaded (offline?)" if not Path(path).exists() else str(error)
+        raise ModelError(f"cannot load a vision-language model from {path}: {where.splitlines()[0]}") from None
     if device:
         model = model.to(device)
     return model.eval(), processor

@@ -59,7 +59,9 @@ def _auto_config(path: str, what: str):
     try:
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
-        raise ModelError(f"cannot read the {what} config at {path}: {error}") from None
+        if not Path(path).exists():
+            raise ModelError(f"{what} not found: {path} is no folder, and not a hub id that can be loaded (offline?)") from None
+        raise ModelError(f"cannot read the {what} config at {path}: {str(error).splitlines()[0]}") from None
 
 
 def read_vision_config(path: str):

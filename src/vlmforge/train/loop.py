@@ -93,6 +93,9 @@ class Trainer:
         """`base_model`: an in-memory (model, processor) trained instead of `recipe.model.path`'s
         (the benchmark's full-size random models, too big to write to disk and read back)."""
         validate_recipe(recipe)
+        missing = [path for path in recipe.data.paths if not Path(path).is_file()]
+        if missing:
+            raise VlmforgeError(f"data file not found: {missing[0]} (data.paths)")
         self.recipe = recipe
         self.base_model = base_model
         self.resume = resume
