@@ -174,3 +174,12 @@ def test_cli_train_with_overrides_then_export(tiny_vlm_dir, data, tmp_path, caps
     assert main(["export", str(run / "checkpoint-latest"), "--out", str(tmp_path / "merged")]) == 0
     assert (tmp_path / "merged" / "model.safetensors").exists()
     assert main(["recipes", "list"]) == 0 and "instruct-lora" in capsys.readouterr().out
+
+
+def test_cli_missing_data_or_model_is_one_line_exit_2(tiny_vlm_dir, data, tmp_path, capsys):
+    assert main(["train", "instruct-lora", "--model.path", str(tiny_vlm_dir), "--data.paths", str(tmp_path / "no.jsonl")]) == 2
+    assert main(["train", "instruct-lora", "--model.path", str(tmp_path / "no-model"), "--data.paths", str(data),
+                 "--train.output_dir", str(tmp_path / "run")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("error")] == ["error", "error"]
+    assert "no.jsonl" in lines[0] and "no-model" in lines[-1]
