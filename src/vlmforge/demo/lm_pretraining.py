@@ -1,10 +1,12 @@
 """Pre-train a tiny Qwen2 causal LM from scratch on the demo's conversations, rendered with its chat template.
 
 The texts come from `conversation_texts`: each synthetic record's conversation, with the `<image>`
-placeholder replaced by the scene's caption ("top left: a red circle; top middle: nothing; …") or
-dropped. With captions, the LM learns to answer from a description of the grid, so the VLM stages
-only have to teach the projector to "write" that description into the image tokens.
-`text_answer_accuracy` measures exactly that skill on held-out records.
+placeholder replaced by the scene's 9 cell words ("cells", see `cell_words`), its caption ("top
+left: a red circle; top middle: nothing; …") or dropped. With cell words, the LM learns to answer
+from 9 tokens in the places of the 9 image tokens, so the VLM stages only have to teach the
+projector to "write" each cell's word into its image token. `text_answer_accuracy` measures
+exactly that skill on held-out records. With `composition` (from `cell_word_composition`), each
+cell word's embedding is tied to the words that name it during training and written so at the end.
 
 The saved folder (model + tokenizer) loads with `AutoModelForCausalLM` / `AutoTokenizer`.
 """
@@ -21,22 +23,28 @@ from pathlib import Path
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.data.synth import scene_of_record
 from vlmforge.data.synth_language import describe_scene
+from vlmforge.demo.cell_words import composed_embedding_matrix, record_cell_words
 from vlmforge.demo.training_loop import run_steps, write_metrics
 from vlmforge.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TEXT_MODES = ("caption", "drop")
+IMAGE_TEXT_MODES = ("caption", "cells", "drop")
 LOSS_ON = ("all", "assistant")
 # A ChatML assistant turn: the header (a prompt token) and the reply up to and including <|im_end|>.
 _ASSISTANT_TURN = re.compile(r"(<\|im_start\|>assistant\n)(.*?<\|im_end\|>)", re.S)
 
 
 def conversation_messages(record: dict, image_text: str = "caption") -> list[dict]:
-    """The record's messages with `<image>` replaced by the scene caption ("caption") or removed ("drop")."""
+    """The record's messages with `<image>` replaced by the scene caption ("caption"), its 9 cell words
+    ("cells") or removed ("drop")."""
     if image_text not in IMAGE_TEXT_MODES:
         raise ConfigError(f"image_text must be one of {IMAGE_TEXT_MODES}, got {image_text!r}")
-    stand_in = describe_scene(scene_of_record(record), record["lang"]) if image_text == "caption" else ""
+    stand_in = ""
+    if image_text == "caption":
+        stand_in = describe_scene(scene_of_record(record), record["lang"])
+    elif image_text == "cells":
+        stand_in = record_cell_words(record)
     messages = []
     for message in record["messages"]:
         content = message["content"].replace(IMAGE_PLACEHOLDER, stand_in).strip("\n")
@@ -52,11 +60,15 @@ def conversation_texts(records: list[dict], tokenizer, image_text: str = "captio
     ]
 
 
-def make_language_model(vocab_size: int, hidden_size: int, num_layers: int, tokenizer, seed: int):
+def make_language_model(vocab_size: int, hidden_size: int, num_layers: int, tokenizer, seed: int,
+                        num_heads: int | None = None):
+    """A fresh Qwen2 LM with tied embeddings; `num_heads` defaults to one head per 32 dimensions."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    num_heads = max(1, hidden_size // 32)
+    num_heads = num_heads or max(1, hidden_size // 32)
+    if hidden_size % num_heads:
+        raise ConfigError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
     config = Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -64,6 +76,7 @@ def make_language_model(vocab_size: int, hidden_size: int, num_layers: int, toke
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_heads,
+        head_dim=hidden_size // num_heads,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
@@ -84,16 +97,21 @@ def pretrain_language_model(
     seed: int = 0,
     hidden_size: int = 128,
     num_layers: int = 2,
+    num_heads: int | None = None,
     batch_size: int = 32,
     learning_rate: float = 3e-3,
     warmup_fraction: float = 0.05,
     loss_on: str = "all",
     bf16: bool = False,
+    composition=None,
 ) -> Path:
     """Train a Qwen2 LM from scratch on ChatML `texts`, save it with the tokenizer; returns `out_dir`.
 
     `loss_on="all"` trains next-token prediction on every token, "assistant" on the replies only.
     bf16 autocast is off by default: at this size its casts cost more than its GEMMs save on CPU.
+    Batches are drawn from texts of similar length (little padding). `composition` (cell ids,
+    weights), from `cell_word_composition`: those rows of the embedding matrix are the weighted sums
+    of other rows during training, and are saved so.
     """
     import torch
 
@@ -102,16 +120,16 @@ def pretrain_language_model(
     if not texts:
         raise DataError("language-model pre-training got no texts")
     encoded = [encode_with_assistant_mask(text, tokenizer) for text in texts]
-    model = make_language_model(len(tokenizer), hidden_size, num_layers, tokenizer, seed)
+    model = make_language_model(len(tokenizer), hidden_size, num_layers, tokenizer, seed, num_heads)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.95))
-    rng = random.Random(seed)
+    batches = LengthBuckets(encoded, batch_size, seed)
 
     def step(progress: float) -> float:
         _set_learning_rate(optimizer, learning_rate * _warmup_cosine(progress, warmup_fraction))
-        batch = rng.sample(encoded, min(batch_size, len(encoded)))
-        input_ids, attention_mask, labels = _padded_batch(batch, tokenizer, loss_on == "assistant")
+        input_ids, attention_mask, labels = _padded_batch(batches.sample(), tokenizer, loss_on == "assistant")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False).loss
+            loss = model(inputs_embeds=_embed(model, input_ids, composition), attention_mask=attention_mask,
+                         labels=labels, use_cache=False).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -121,6 +139,8 @@ def pretrain_language_model(
     model.train()
     loop = run_steps(step, max_steps, max_seconds, desc="language model")
     model.eval()
+    if composition is not None:
+        _write_composed_rows(model, composition)
     metrics = {
         **loop.summary(),
         "texts": len(texts),
@@ -129,6 +149,41 @@ def pretrain_language_model(
     logger.info("language model: %d steps in %.1fs, loss %.3f → %.3f", loop.steps, loop.seconds,
                 metrics["first_loss"], metrics["final_loss"])
     return _save_language_folder(model, tokenizer, out_dir, metrics)
+
+
+class LengthBuckets:
+    """Random batches of texts of similar length, so a batch of short questions is not padded to
+    caption length: texts are sorted by length (ties in random order); a batch is `batch_size`
+    texts drawn from the window of 2 × `batch_size` neighbours around a random text."""
+
+    def __init__(self, encoded: list, batch_size: int, seed: int):
+        self.rng = random.Random(seed)
+        tie_break = [self.rng.random() for _ in encoded]
+        self.sorted = [encoded[i] for i in sorted(range(len(encoded)), key=lambda i: (len(encoded[i][0]), tie_break[i]))]
+        self.batch_size = min(batch_size, len(encoded))
+
+    def sample(self) -> list:
+        window = min(2 * self.batch_size, len(self.sorted))
+        start = min(max(0, self.rng.randrange(len(self.sorted)) - self.batch_size), len(self.sorted) - window)
+        return self.rng.sample(self.sorted[start:start + window], self.batch_size)
+
+
+def _embed(model, input_ids, composition):
+    """Input embeddings (B, T, D) of `input_ids` (B, T), composed cell-word rows included."""
+    import torch.nn.functional as F
+
+    weight = model.get_input_embeddings().weight  # (V, D)
+    if composition is not None:
+        weight = composed_embedding_matrix(weight, composition)
+    return F.embedding(input_ids, weight)
+
+
+def _write_composed_rows(model, composition) -> None:
+    import torch
+
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        weight.copy_(composed_embedding_matrix(weight, composition))
 
 
 def _warmup_cosine(progress: float, warmup_fraction: float) -> float:

@@ -1,0 +1,117 @@
+"""`vlmforge demo`: the report and table code (fast), cell words, and the whole pipeline end to end (slow)."""
+
+import json
+
+import pytest
+
+from vlmforge.demo.report import (
+    accuracy_table,
+    format_samples,
+    format_seconds,
+    format_table,
+    lowest_cell,
+    overall_accuracy,
+    sample_conversation,
+)
+
+
+def rows(type_, lang, scores):
+    return [{"id": f"{type_}-{lang}-{i}", "type": type_, "lang": lang, "score": s} for i, s in enumerate(scores)]
+
+
+PER_EXAMPLE = (rows("count", "zh", [1.0, 1.0]) + rows("colour", "en", [1.0, 0.0, 1.0, 1.0])
+               + rows("colour", "zh", [0.0, 1.0]) + rows("count", "en", [1.0, 0.0]))
+
+
+def test_accuracy_table_groups_by_type_then_language_in_a_fixed_order():
+    table = accuracy_table(PER_EXAMPLE)
+    assert list(table) == ["colour", "count"]  # question-type order, not file order
+    assert list(table["colour"]) == ["en", "zh"]
+    assert table == {"colour": {"en": 0.75, "zh": 0.5}, "count": {"en": 0.5, "zh": 1.0}}
+    assert overall_accuracy(PER_EXAMPLE) == 0.7  # 7 of 10, every example weighted alike
+    assert lowest_cell(table) == 0.5 and lowest_cell({}) == 0.0
+
+
+def test_accuracy_table_keeps_unknown_types_after_the_known_ones():
+    table = accuracy_table(rows("yesno", "en", [1.0]) + rows("shape", "en", [0.0]))
+    assert list(table) == ["shape", "yesno"]
+
+
+def report_for(per_example, blind_per_example):
+    return {"accuracy": accuracy_table(per_example), "blind_accuracy": accuracy_table(blind_per_example),
+            "overall": overall_accuracy(per_example), "blind_overall": overall_accuracy(blind_per_example)}
+
+
+def test_format_table_shows_both_runs_per_language_and_overall():
+    blind = rows("colour", "en", [0.0, 0.0, 1.0, 0.0]) + rows("colour", "zh", [0.0, 0.0])
+    lines = format_table(report_for(PER_EXAMPLE, blind)).splitlines()
+    assert lines[0].split() == ["question", "en", "zh", "blind", "en", "blind", "zh"]
+    assert set(lines[1]) <= {"-", " "}
+    assert lines[2].split() == ["colour", "75.0%", "50.0%", "25.0%", "0.0%"]
+    assert lines[3].split() == ["count", "50.0%", "100.0%", "-", "-"]  # no blind run of that type: a dash
+    assert lines[4].split() == ["overall", "70.0%", "16.7%"]
+    assert len({len(line.rstrip()) for line in lines[:4]}) == 1  # columns line up
+
+
+def test_sample_conversation_and_its_text():
+    record = {"id": "t1", "images": ["images/test/000001.png"],
+              "messages": [{"role": "user", "content": "What color is the square?\n<image>"},
+                           {"role": "assistant", "content": "red"}]}
+    sample = sample_conversation(record, "red", "top left: a red square; …", correct=True)
+    assert sample["question"] == "What color is the square?" and sample["reference"] == "red"
+    text = format_samples([sample, {**sample, "answer": "blue", "correct": False}])
+    assert "image images/test/000001.png: top left: a red square; …" in text
+    assert "assistant: red   (reference: red; right)" in text
+    assert "assistant: blue   (reference: red; wrong)" in text
+
+
+def test_format_seconds():
+    assert format_seconds({"data": 4.2, "parts": 95.6}, 101.3) == "data 4s · parts 96s · total 101s"
+
+
+def test_cell_words_are_single_tokens_in_grid_order():
+    from vlmforge.data.synth_scenes import SceneObject
+    from vlmforge.data.tokenizer_training import train_bpe_tokenizer
+    from vlmforge.demo.cell_words import (CELL_WORDS, EMPTY_CELL_WORD, add_cell_words, cell_word_composition,
+                                          scene_cell_words)
+
+    scene = (SceneObject(0, 1, "circle", "red"), SceneObject(2, 2, "square", "blue"))
+    words = scene_cell_words(scene)
+    assert words == EMPTY_CELL_WORD + "<red_circle>" + EMPTY_CELL_WORD * 6 + "<blue_square>"
+    tokenizer = train_bpe_tokenizer(["red square circle blue 红色 正方形 圆形 蓝色"] * 5, vocab_size=300)
+    ids = add_cell_words(tokenizer)
+    assert len(ids) == len(CELL_WORDS) == 19 and add_cell_words(tokenizer) == ids  # idempotent
+    encoded = tokenizer(f"Where?\n{words}", add_special_tokens=False)["input_ids"]
+    assert encoded[-9:] == [tokenizer.convert_tokens_to_ids(w) for w in [EMPTY_CELL_WORD, "<red_circle>"]
+                            + [EMPTY_CELL_WORD] * 6 + ["<blue_square>"]]
+    cell_ids, weights = cell_word_composition(tokenizer)
+    assert weights.shape == (18, len(tokenizer))
+    assert weights.sum(1).tolist() == pytest.approx([2.0] * 18)  # a colour average plus a shape average
+    red_circle = cell_ids.tolist().index(tokenizer.convert_tokens_to_ids("<red_circle>"))
+    assert weights[red_circle, tokenizer.convert_tokens_to_ids("red")] > 0
+    assert weights[red_circle, tokenizer.convert_tokens_to_ids("<red_circle>")] == 0
+
+
+@pytest.mark.slow
+def test_demo_fast_end_to_end(tmp_path):
+    """`vlmforge demo --fast`: clearly above blind, and the exported model loads natively."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlmforge.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--fast", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert set(report["accuracy"]) == {"colour", "shape", "position", "count"}
+    assert all(set(by_lang) == {"en", "zh"} for by_lang in report["accuracy"].values())
+    # Measured on 2026-11-29 (2-core CPU): 41.0 % vs 22.5 % blind, count 100 % vs 44 / 24 %. The bar
+    # here is what --fast reliably shows: the model reads the image (far above blind on counting, and
+    # above blind overall); the full-accuracy bar belongs to the default run (docs/demo.md).
+    assert report["overall"] >= report["blind_overall"] + 0.1, report
+    assert min(report["accuracy"]["count"].values()) >= 0.8, report
+    assert max(report["blind_accuracy"]["count"].values()) <= 0.6, report
+    assert report["model_dir"] == str(out / "model")
+    model = AutoModelForImageTextToText.from_pretrained(out / "model")
+    processor = AutoProcessor.from_pretrained(out / "model")
+    assert model.config.model_type == "llava" and model.config.image_seq_length == 9
+    assert processor.image_token == "<image>"
