@@ -115,3 +115,43 @@ def test_demo_fast_end_to_end(tmp_path):
     processor = AutoProcessor.from_pretrained(out / "model")
     assert model.config.model_type == "llava" and model.config.image_seq_length == 9
     assert processor.image_token == "<image>"
+
+
+def test_length_buckets_draw_batches_of_similar_length():
+    from vlmforge.demo.lm_pretraining import LengthBuckets
+
+    encoded = [([0] * length, [True] * length) for length in range(200, 0, -1)]
+    buckets = LengthBuckets(encoded, batch_size=8, seed=0)
+    batches = [[len(ids) for ids, _ in buckets.sample()] for _ in range(200)]
+    assert all(len(batch) == 8 == len(set(batch)) for batch in batches)
+    assert max(max(batch) - min(batch) for batch in batches) < 16  # drawn from 16 neighbours in length order
+    assert len({min(batch) for batch in batches}) > 50  # not a few fixed batches
+    assert len(LengthBuckets(encoded[:3], batch_size=8, seed=0).sample()) == 3
+
+
+def test_cell_words_stand_in_for_the_image_and_composed_rows_are_saved(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from vlmforge.data.records import read_records
+    from vlmforge.data.synth import write_synthetic_dataset
+    from vlmforge.demo.cell_words import add_cell_words, cell_word_composition, composed_embedding_matrix
+    from vlmforge.demo.lm_pretraining import conversation_messages, conversation_texts, pretrain_language_model
+    from vlmforge.demo.parts import train_demo_tokenizer
+
+    summary = write_synthetic_dataset(tmp_path / "data", seed=3, num_train=60, num_val=0, num_test=4)
+    records = read_records(summary["train"])
+    user_turn = conversation_messages(records[0], "cells")[0]["content"]
+    assert user_turn.count("<") == 9 and "<image>" not in user_turn  # question, newline, 9 cell words
+    tokenizer = train_demo_tokenizer(records, vocab_size=400)
+    add_cell_words(tokenizer)
+    composition = cell_word_composition(tokenizer)
+    texts = conversation_texts(records, tokenizer, image_text="cells")
+    folder = pretrain_language_model(texts, tokenizer, tmp_path / "llm", max_steps=3, max_seconds=None, hidden_size=32,
+                                     num_heads=4, batch_size=8, loss_on="assistant", composition=composition)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    weight = model.get_input_embeddings().weight
+    cell_ids, _ = composition
+    with torch.no_grad():
+        assert torch.allclose(weight[cell_ids], composed_embedding_matrix(weight, composition)[cell_ids], atol=1e-6)
+    assert model.config.num_attention_heads == 4

@@ -61,7 +61,7 @@ def conversation_texts(records: list[dict], tokenizer, image_text: str = "captio
 
 
 def make_language_model(vocab_size: int, hidden_size: int, num_layers: int, tokenizer, seed: int,
-                        num_heads: int | None = None):
+                        num_heads: int | None = None, rope_theta: float = 10_000.0):
     """A fresh Qwen2 LM with tied embeddings; `num_heads` defaults to one head per 32 dimensions."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -77,6 +77,7 @@ def make_language_model(vocab_size: int, hidden_size: int, num_layers: int, toke
         num_attention_heads=num_heads,
         num_key_value_heads=num_heads,
         head_dim=hidden_size // num_heads,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
         max_position_embeddings=1024,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
@@ -98,6 +99,7 @@ def pretrain_language_model(
     hidden_size: int = 128,
     num_layers: int = 2,
     num_heads: int | None = None,
+    rope_theta: float = 10_000.0,
     batch_size: int = 32,
     learning_rate: float = 3e-3,
     warmup_fraction: float = 0.05,
@@ -120,7 +122,7 @@ def pretrain_language_model(
     if not texts:
         raise DataError("language-model pre-training got no texts")
     encoded = [encode_with_assistant_mask(text, tokenizer) for text in texts]
-    model = make_language_model(len(tokenizer), hidden_size, num_layers, tokenizer, seed, num_heads)
+    model = make_language_model(len(tokenizer), hidden_size, num_layers, tokenizer, seed, num_heads, rope_theta)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.95))
     batches = LengthBuckets(encoded, batch_size, seed)
 
