@@ -56,6 +56,15 @@ def test_synth_passes_only_the_given_sizes(tmp_path, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out) == {"train": 4}
 
 
+def test_synth_referents_flag(tmp_path, capsys):
+    out = tmp_path / "s"
+    args = ["data", "synth", "--out", str(out), "--num-train", "8", "--num-val", "0", "--num-test", "8"]
+    assert main(args + ["--referents", "shape, colour"]) == 0
+    assert json.loads(capsys.readouterr().out)["referents"] == ["shape", "colour"]
+    assert main(args + ["--referents", "shape,size"]) == 2
+    assert "unknown referents ['size']" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("action", ["convert", "check", "synth"])
 def test_help_is_fast_and_does_not_import_torch(action):
     code = "import sys; from vlmforge.cli import main\ntry: main(['data', %r, '--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)" % action

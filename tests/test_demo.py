@@ -104,7 +104,9 @@ def test_demo_fast_end_to_end(tmp_path):
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert set(report["accuracy"]) == {"colour", "shape", "position", "count"}
     assert all(set(by_lang) == {"en", "zh"} for by_lang in report["accuracy"].values())
-    # Measured on 2026-11-29 (2-core CPU): 41.0 % vs 22.5 % blind, count 100 % vs 44 / 24 %. The bar
+    # Measured on 2026-11-29 (2-core CPU): 46.0 % vs 20.0 % blind with 2 threads, 47.0 % vs 21.0 % with
+    # 1 thread; count 100 / 100 % vs blind 44 / 24 % in both. (With 60 instead of 250 instruct steps,
+    # count fell to 76 % with 1 thread: the bar below caught it.) The bar
     # here is what --fast reliably shows: the model reads the image (far above blind on counting, and
     # above blind overall); the full-accuracy bar belongs to the default run (docs/demo.md).
     assert report["overall"] >= report["blind_overall"] + 0.1, report

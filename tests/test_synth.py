@@ -168,3 +168,31 @@ def test_bad_arguments_raise_config_error(tmp_path):
         write_synthetic_dataset(tmp_path, num_train=1, question_position="middle")
     with pytest.raises(ConfigError, match="image_size"):
         write_synthetic_dataset(tmp_path, num_train=1, image_size=6)
+
+
+def test_referents_choose_how_questions_name_their_object(tmp_path):
+    summary = write_synthetic_dataset(tmp_path, seed=1, num_train=200, num_val=0, num_test=80,
+                                      referents=("shape", "colour"))
+    assert summary["referents"] == ["shape", "colour"]
+    records = read_jsonl(summary["train"]) + read_jsonl(summary["test"])
+    position_names = [name for lang in POSITION_NAMES.values() for row in lang for name in row]
+    questions = [m["content"] for r in records for m in r["messages"] if m["role"] == "user"]
+    assert not [q for q in questions if any(name in q for name in position_names)]
+    types = Counter(t for r in records for t in r["meta"]["turn_types"])
+    assert set(types) == {"colour", "shape", "position", "count"}
+
+
+def test_all_referents_by_default(dataset):
+    _, summary, splits = dataset
+    assert summary["referents"] == ["shape", "colour", "position"]
+    position_names = [name for lang in POSITION_NAMES.values() for row in lang for name in row]
+    colour_questions = [r["messages"][0]["content"] for r in splits["train"] if r["type"] == "colour"]
+    named_by_cell = [q for q in colour_questions if any(name in q for name in position_names)]
+    assert 0 < len(named_by_cell) < len(colour_questions)
+
+
+def test_bad_referents_raise_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="unknown referents"):
+        write_synthetic_dataset(tmp_path, num_train=1, referents=("size",))
+    with pytest.raises(ConfigError, match="no way to ask a colour question"):
+        write_synthetic_dataset(tmp_path, num_train=1, referents=("colour",))

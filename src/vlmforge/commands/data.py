@@ -58,6 +58,9 @@ def _add_synth(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-val", type=int, help="validation records")
     parser.add_argument("--num-test", type=int, help="test records")
     parser.add_argument("--image-size", type=int, help="image side in pixels")
+    parser.add_argument("--referents", metavar="LIST",
+                        help="what questions name their object by, comma-separated from shape,colour,position "
+                             "(default: all three; the demo uses shape,colour)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,7 +95,10 @@ def _run_synth(args: argparse.Namespace) -> int:
     from vlmforge.data.synth import write_synthetic_dataset
 
     sizes = {"num_train": args.num_train, "num_val": args.num_val, "num_test": args.num_test, "image_size": args.image_size}
-    summary = write_synthetic_dataset(args.out, seed=args.seed, **{key: value for key, value in sizes.items() if value is not None})
+    options = {key: value for key, value in sizes.items() if value is not None}
+    if args.referents:
+        options["referents"] = tuple(name.strip() for name in args.referents.split(",") if name.strip())
+    summary = write_synthetic_dataset(args.out, seed=args.seed, **options)
     print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
     return 0
 

@@ -32,7 +32,15 @@ from tqdm.auto import tqdm
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.data.records import write_records
-from vlmforge.data.synth_language import CAPTION_PROMPTS, LANGUAGES, QUESTION_TYPES, ask, describe_scene
+from vlmforge.data.synth_language import (
+    CAPTION_PROMPTS,
+    LANGUAGES,
+    QUESTION_TEMPLATES,
+    QUESTION_TYPES,
+    REFERENTS,
+    ask,
+    describe_scene,
+)
 from vlmforge.data.synth_scenes import (
     MAX_OBJECTS,
     MIN_IMAGE_SIZE,
@@ -63,13 +71,21 @@ def write_synthetic_dataset(
     question_position: str = "before",
     zh_fraction: float = 0.5,
     multi_turn_fraction: float = 0.25,
+    referents: tuple[str, ...] = REFERENTS,
 ) -> dict:
-    """Generate the dataset into `out_dir` (deterministic by `seed`); returns paths and counts."""
+    """Generate the dataset into `out_dir` (deterministic by `seed`); returns paths and counts.
+
+    `referents`: what a question may name its object by — "shape" ("What color is the square?"),
+    "colour" ("Where is the red object?"), "position" ("What color is the shape at the top left?").
+    """
     _check_arguments(num_train, num_val, num_test, image_size, question_position, zh_fraction, multi_turn_fraction)
+    referents = _checked_referents(referents)
     out_dir = Path(out_dir)
-    options = {"image_size": image_size, "question_position": question_position, "zh_fraction": zh_fraction}
+    options = {"image_size": image_size, "question_position": question_position, "zh_fraction": zh_fraction,
+               "referents": referents}
     counts = {"train": num_train, "val": num_val, "test": num_test}
-    summary = {"out_dir": str(out_dir), "seed": seed, "image_size": image_size, "counts": {}}
+    summary = {"out_dir": str(out_dir), "seed": seed, "image_size": image_size, "referents": list(referents),
+               "counts": {}}
     for split in SPLITS:
         rng = random.Random(f"{seed}-{_SPLIT_SEED_OFFSET[split]}")
         turn_fraction = multi_turn_fraction if split == "train" else 0.0
@@ -99,6 +115,18 @@ def _check_arguments(num_train, num_val, num_test, image_size, question_position
             raise ConfigError(f"{name} must be between 0 and 1, got {value}")
 
 
+def _checked_referents(referents) -> tuple[str, ...]:
+    referents = tuple(referents)
+    unknown = sorted(set(referents) - set(REFERENTS))
+    if unknown:
+        raise ConfigError(f"unknown referents {unknown}; choose from {list(REFERENTS)}")
+    for qtype in QUESTION_TYPES:
+        allowed = [ref for (kind, ref) in QUESTION_TEMPLATES if kind == qtype and ref in (None, *referents)]
+        if not allowed:
+            raise ConfigError(f"referents {list(referents)} leave no way to ask a {qtype} question")
+    return referents
+
+
 def _make_split(out_dir: Path, split: str, count: int, rng: random.Random, options: dict, turn_fraction: float):
     image_dir = out_dir / "images" / split
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +137,7 @@ def _make_split(out_dir: Path, split: str, count: int, rng: random.Random, optio
         render_scene(scene, options["image_size"], rng).save(out_dir / relative_path)
         qtype, lang = _pick_type_and_language(split, index, rng, options["zh_fraction"])
         num_turns = rng.randint(2, 3) if rng.random() < turn_fraction else 1
-        turns = _conversation_turns(scene, qtype, lang, num_turns, rng)
+        turns = _conversation_turns(scene, qtype, lang, num_turns, rng, options["referents"])
         record_id = f"synth-{split}-{index + 1:06d}"
         records.append(_record(record_id, relative_path, scene, turns, lang, options["question_position"]))
     return records
@@ -130,12 +158,13 @@ def _pick_type_and_language(split: str, index: int, rng: random.Random, zh_fract
     return rng.choice(QUESTION_TYPES), ("zh" if rng.random() < zh_fraction else "en")
 
 
-def _conversation_turns(scene: Scene, first_type: str, lang: str, num_turns: int, rng: random.Random):
+def _conversation_turns(scene: Scene, first_type: str, lang: str, num_turns: int, rng: random.Random,
+                        referents: tuple[str, ...] = REFERENTS):
     """`num_turns` (type, question, answer) triples with distinct questions; the first is of `first_type`."""
-    turns = [(first_type, *ask(first_type, scene, lang, rng))]
+    turns = [(first_type, *ask(first_type, scene, lang, rng, referents))]
     while len(turns) < num_turns:
         qtype = rng.choice(QUESTION_TYPES)
-        question, answer = ask(qtype, scene, lang, rng)
+        question, answer = ask(qtype, scene, lang, rng, referents)
         if all(question != asked for _, asked, _ in turns):
             turns.append((qtype, question, answer))
     return turns

@@ -15,6 +15,7 @@ from vlmforge.data.synth_scenes import COLOUR_BY_NAME, GRID_SIZE, SHAPE_BY_NAME,
 
 LANGUAGES = ("en", "zh")
 QUESTION_TYPES = ("colour", "shape", "position", "count")
+REFERENTS = ("shape", "colour", "position")  # what a question may name its object by
 
 POSITION_NAMES = {
     "en": (
@@ -66,9 +67,11 @@ def answer_for(question_type: str, scene: Scene, obj: SceneObject | None, lang: 
     raise ValueError(f"unknown question type {question_type!r}")
 
 
-def ask(question_type: str, scene: Scene, lang: str, rng: random.Random) -> tuple[str, str]:
-    """A random (question, answer) pair of `question_type` about `scene` in `lang`."""
-    referents = [ref for (qtype, ref) in QUESTION_TEMPLATES if qtype == question_type]
+def ask(question_type: str, scene: Scene, lang: str, rng: random.Random,
+        referents: tuple[str, ...] = REFERENTS) -> tuple[str, str]:
+    """A random (question, answer) pair of `question_type` about `scene` in `lang`, its object named by
+    one of `referents` (count questions name none)."""
+    referents = [ref for (qtype, ref) in QUESTION_TEMPLATES if qtype == question_type and ref in (None, *referents)]
     referent = rng.choice(referents)
     template = QUESTION_TEMPLATES[(question_type, referent)][lang]
     obj = rng.choice(scene) if referent else None

@@ -161,7 +161,8 @@ class LengthBuckets:
     def __init__(self, encoded: list, batch_size: int, seed: int):
         self.rng = random.Random(seed)
         tie_break = [self.rng.random() for _ in encoded]
-        self.sorted = [encoded[i] for i in sorted(range(len(encoded)), key=lambda i: (len(encoded[i][0]), tie_break[i]))]
+        order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i][0]), tie_break[i]))
+        self.sorted = [encoded[i] for i in order]
         self.batch_size = min(batch_size, len(encoded))
 
     def sample(self) -> list:
