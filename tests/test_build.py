@@ -99,6 +99,25 @@ def test_cli_build_writes_folder(tiny_parts, tmp_path, capsys):
     assert "16 image tokens" in capsys.readouterr().out
 
 
+def test_images_after_text_template_survives_save_and_native_load(tiny_parts, tmp_path):
+    """`--images-after-text`: content parts [image, text] render as "text\n<image>" from the saved folder."""
+    from transformers import AutoProcessor
+
+    parts = [{"type": "image"}, {"type": "text", "text": "Q?"}, {"type": "image"}]
+    rendered = {}
+    for flag in (False, True):
+        out = tmp_path / f"after-{flag}"
+        args = ["build", "--vision", str(tiny_parts["siglip"]), "--llm", str(tiny_parts["qwen2"]), "--out", str(out)]
+        assert main(args + (["--images-after-text"] if flag else [])) == 0
+        processor = AutoProcessor.from_pretrained(out)
+        prompt = processor.apply_chat_template([{"role": "user", "content": parts}], tokenize=False)
+        record_style = processor.apply_chat_template([{"role": "user", "content": "Q?\n<image>"}], tokenize=False)
+        rendered[flag] = (prompt, record_style)
+    assert "<image>\nQ?\n<image>" in rendered[False][0]
+    assert "Q?\n<image>\n<image>" in rendered[True][0]
+    assert rendered[True][1] == rendered[False][1]  # string content (training records) is never reordered
+
+
 @pytest.mark.parametrize(
     "vision_key, llm_key, message",
     [

@@ -117,6 +117,30 @@ def test_demo_fast_end_to_end(tmp_path):
     processor = AutoProcessor.from_pretrained(out / "model")
     assert model.config.model_type == "llava" and model.config.image_seq_length == 9
     assert processor.image_token == "<image>"
+    _chat_answers_equal_the_evaluated_ones(out)
+
+
+def _chat_answers_equal_the_evaluated_ones(out):
+    """`vlmforge chat` sends [image, text] parts; the demo's template puts the text first, as in its data,
+    so a chat turn gets exactly the eval's prompt and the same greedy answer."""
+    from vlmforge.data.images import load_image
+    from vlmforge.data.records import read_records
+    from vlmforge.infer.chat import ChatSession
+    from vlmforge.infer.generate import GenerationOptions
+    from vlmforge.model.load import load
+
+    model, processor = load(out / "model")
+    lines = (out / "eval" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    evaluated = {row["id"]: row["prediction"] for row in map(json.loads, lines)}
+    for record in read_records(out / "data" / "test.jsonl")[:8]:
+        question = record["messages"][0]["content"].replace("<image>", "").strip()
+        as_chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        as_trained = record["messages"][:1]
+        assert processor.apply_chat_template(as_chat, add_generation_prompt=True, tokenize=False) == \
+            processor.apply_chat_template(as_trained, add_generation_prompt=True, tokenize=False)
+        session = ChatSession(model, processor, GenerationOptions(max_new_tokens=8))
+        session.attach(load_image(out / "data" / record["images"][0]))
+        assert "".join(session.ask(question)).strip() == evaluated[record["id"]].strip(), record["id"]
 
 
 def test_length_buckets_draw_batches_of_similar_length():

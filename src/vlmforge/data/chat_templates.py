@@ -4,30 +4,45 @@ lets any LLM's own template render multimodal content parts.
 Content parts are flattened the same way everywhere (training data, processor, server): an image
 part becomes the `<image>` placeholder, and consecutive parts are joined with a newline, so
 `[{"type": "image"}, {"type": "text", "text": "Hi"}]` renders exactly as the record string
-`"<image>\\nHi"` that the data layer trains on.
+`"<image>\\nHi"` that the data layer trains on. A model trained with the question *before* the
+image (the demo's) gets a template built with `images_after_text=True`: a user turn's text parts
+first, then its images, so every client (chat, serve, vLLM) sends the layout it was trained on.
 """
 
 IMAGE_PLACEHOLDER = "<image>"
 
-# Jinja that turns `messages` with content parts into `messages` with string content.
-_FLATTEN_CONTENT = (
-    "{%- set _flat = namespace(messages=[]) -%}"
-    "{%- for _m in messages -%}"
-    "{%- if _m['content'] is string or _m['content'] is none -%}"
-    "{%- set _flat.messages = _flat.messages + [_m] -%}"
-    "{%- else -%}"
-    "{%- set _text = namespace(value='') -%}"
-    "{%- for _part in _m['content'] -%}"
-    "{%- if not loop.first -%}{%- set _text.value = _text.value + '\\n' -%}{%- endif -%}"
-    "{%- if _part['type'] == 'image' or _part['type'] == 'image_url' -%}"
-    "{%- set _text.value = _text.value + '" + IMAGE_PLACEHOLDER + "' -%}"
-    "{%- elif _part['type'] == 'text' -%}{%- set _text.value = _text.value + _part['text'] -%}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- set _flat.messages = _flat.messages + [{'role': _m['role'], 'content': _text.value}] -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- set messages = _flat.messages -%}"
-)
+# Jinja that turns `messages` with content parts into `messages` with string content. The parts are
+# joined with newlines in the order given, or (AFTER_TEXT) text parts first and image parts after them.
+def _flatten_content(images_after_text: bool) -> str:
+    if images_after_text:
+        join = (
+            "{%- for _part in _m['content'] if _part['type'] == 'text' -%}"
+            "{%- set _text.parts = _text.parts + [_part['text']] -%}{%- endfor -%}"
+            "{%- for _part in _m['content'] if _part['type'] == 'image' or _part['type'] == 'image_url' -%}"
+            "{%- set _text.parts = _text.parts + ['" + IMAGE_PLACEHOLDER + "'] -%}{%- endfor -%}"
+        )
+    else:
+        join = (
+            "{%- for _part in _m['content'] -%}"
+            "{%- if _part['type'] == 'image' or _part['type'] == 'image_url' -%}"
+            "{%- set _text.parts = _text.parts + ['" + IMAGE_PLACEHOLDER + "'] -%}"
+            "{%- elif _part['type'] == 'text' -%}{%- set _text.parts = _text.parts + [_part['text']] -%}{%- endif -%}"
+            "{%- endfor -%}"
+        )
+    return (
+        "{%- set _flat = namespace(messages=[]) -%}"
+        "{%- for _m in messages -%}"
+        "{%- if _m['content'] is string or _m['content'] is none -%}"
+        "{%- set _flat.messages = _flat.messages + [_m] -%}"
+        "{%- else -%}"
+        "{%- set _text = namespace(parts=[]) -%}"
+        + join +
+        "{%- set _flat.messages = _flat.messages + [{'role': _m['role'], 'content': _text.parts | join('\\n')}] -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- set messages = _flat.messages -%}"
+    )
+
 
 # Qwen2 / ChatML: <|im_start|>role\ncontent<|im_end|>\n
 CHATML_TEMPLATE = (
@@ -50,6 +65,6 @@ CHATML_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
 
-def multimodal_chat_template(llm_template: str) -> str:
+def multimodal_chat_template(llm_template: str, images_after_text: bool = False) -> str:
     """Wrap an LLM's own chat template so it also accepts content parts (`{"type": "image"}`, ...)."""
-    return _FLATTEN_CONTENT + llm_template
+    return _flatten_content(images_after_text) + llm_template

@@ -165,7 +165,10 @@ def first_turns(records: list[dict]) -> list[dict]:
 def build_model(parts: dict, vlm_dir: Path, seed: int) -> Path:
     from vlmforge.model.build import BuildConfig, build_vlm, save_vlm
 
-    model, processor = build_vlm(BuildConfig(vision=parts["vision"], llm=parts["llm"], out=str(vlm_dir), seed=seed))
+    # The data put the question before the image; the chat template does the same with content parts, so
+    # `vlmforge chat` / `serve` (which send [image, text]) give the model the layout it was trained on.
+    config = BuildConfig(vision=parts["vision"], llm=parts["llm"], out=str(vlm_dir), seed=seed, images_after_text=True)
+    model, processor = build_vlm(config)
     return save_vlm(model, processor, vlm_dir)
 
 

@@ -35,6 +35,8 @@ class BuildConfig:
     keep_cls: bool = option(False, "keep the CLS token of CLIP-like towers (dropped by default, as LLaVA does)")
     dtype: str = option("auto", "auto keeps the LLM's dtype; or float32 / bfloat16 / float16")
     seed: int = option(0, "seed for the projector's initialisation")
+    images_after_text: bool = option(False, "chat template puts a user turn's images after its text (for data "
+                                            "with the question before the image); default: parts in the order given")
 
 
 def _resolve_dtype(name: str, llm_dtype):
@@ -93,7 +95,7 @@ def make_processor(vision: VisionPart, tokenizer, cfg: BuildConfig):
         tokenizer=tokenizer,
         patch_size=vision.patch_size,
         vision_feature_select_strategy="default" if drop_cls else "full",
-        chat_template=multimodal_chat_template(tokenizer.chat_template),
+        chat_template=multimodal_chat_template(tokenizer.chat_template, cfg.images_after_text),
         image_token=IMAGE_PLACEHOLDER,
         num_additional_image_tokens=1 if vision.has_cls_token else 0,
     )
