@@ -110,6 +110,23 @@ def test_vqa_per_type_and_language(tmp_path):
     assert result["per_example"][1]["question"] == "How many cats?"
 
 
+def test_vqav2_style_references_get_the_official_accuracy_as_headline(tmp_path, capsys):
+    from vlmforge.cli import main
+
+    ten = {"q1": ["2"] * 3 + ["3"] * 7, "q2": ["yes"] * 10}
+    refs = [record(qid, answers[0], question="<image>\nHow many?", references=answers, type="number")
+            for qid, answers in ten.items()]
+    preds = [{"id": "q1", "prediction": "two"}, {"id": "q2", "prediction": "yes"}]
+    pred_path, ref_path = write_jsonl(tmp_path / "p.jsonl", preds), write_jsonl(tmp_path / "r.jsonl", refs)
+    result = score_predictions(pred_path, ref_path)
+    assert result["score_name"] == "vqa_accuracy"
+    assert result["metrics"] == {"vqa_accuracy": pytest.approx(0.95), "exact_match": 1.0}
+    assert [row["score"] for row in result["per_example"]] == [pytest.approx(0.9), 1.0]
+    assert main(["eval", "score", "--pred", str(pred_path), "--ref", str(ref_path), "--out", str(tmp_path / "out")]) == 0
+    report = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "vqa_accuracy" in report and "0.9500" in report
+
+
 def test_auto_task_uses_caption_type_then_answer_length(tmp_path):
     preds = write_jsonl(tmp_path / "p.jsonl", [{"id": i, "prediction": "yes"} for i in (1, 2, 3)])
     refs = [record(1, "yes"), record(2, "a red bus"), record(3, "2")]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vlmforge.eval.vqa_metrics import chinese_numeral_value, exact_match, normalize_answer, vqa_scores
+from vlmforge.eval.vqa_metrics import chinese_numeral_value, exact_match, normalize_answer, vqa_accuracy, vqa_scores
 
 
 @pytest.mark.parametrize(
@@ -90,3 +90,25 @@ def test_scores_overall_per_type_and_per_language():
 def test_no_type_breakdown_without_types():
     scores, _ = vqa_scores(["yes"], [["yes"]], [None], ["en"])
     assert "by_type" not in scores and scores["exact_match"] == 1.0
+
+
+def test_vqa_accuracy_is_the_official_leave_one_out_soft_score():
+    ten = ["2"] * 3 + ["3"] * 7
+    assert vqa_accuracy("two", ten) == pytest.approx(0.9)  # 3 of 10 annotators: (3 × 2/3 + 7 × 1) / 10
+    assert vqa_accuracy("3", ten) == 1.0
+    assert vqa_accuracy("4", ten) == 0.0
+    assert vqa_accuracy("2", ["2"] + ["3"] * 9) == pytest.approx(0.3)  # one annotator: 9 × 1/3 / 10
+    assert vqa_accuracy("两个", ["2"] * 2 + ["3"] * 8) == pytest.approx(0.6)
+    with pytest.raises(ValueError):
+        vqa_accuracy("2", [])
+
+
+def test_vqa_accuracy_leads_only_when_every_question_has_several_answers():
+    ten = ["yes"] * 4 + ["no"] * 6
+    scores, per_example = vqa_scores(["yes", "no"], [ten, ten], ["yes/no", "yes/no"], ["en", "en"])
+    assert per_example == [1.0, 1.0] and scores["exact_match"] == 1.0 and scores["vqa_accuracy"] == 1.0
+    scores, per_example = vqa_scores(["yes", "maybe"], [["yes"] + ["no"] * 9, ten], [None, None], ["en", "en"])
+    assert per_example == [pytest.approx(0.3), 0.0]
+    assert scores["by_lang"]["en"] == {"exact_match": 0.5, "vqa_accuracy": pytest.approx(0.15), "num_examples": 2}
+    scores, per_example = vqa_scores(["yes", "yes"], [ten, ["yes"]], [None, None], ["en", "en"])
+    assert "vqa_accuracy" not in scores and per_example == [1.0, 1.0]  # one single-answer question: EM only

@@ -1,5 +1,6 @@
 """Score a predictions file against reference records: captions (BLEU, ROUGE-L, CIDEr-D, and
-METEOR / SPICE when Java allows) or VQA (exact match), overall, per language and per question type.
+METEOR / SPICE when Java allows) or VQA (exact match; the official VQA accuracy too when every
+question has several human answers), overall, per language and per question type.
 
     result = score_predictions("preds.jsonl", "test.jsonl")          # task and language detected
     write_report(result, "eval/")                                     # metrics.json + report.md
@@ -154,7 +155,8 @@ def _score_vqa(examples: list[Example]) -> dict:
         types=[example.reference.type for example in examples],
         langs=[example.lang for example in examples],
     )
-    result = {"metrics": {"exact_match": scores.pop("exact_match")}, "score_name": "exact_match"}
+    metrics = {name: scores.pop(name) for name in ("vqa_accuracy", "exact_match") if name in scores}
+    result = {"metrics": metrics, "score_name": next(iter(metrics))}  # VQA accuracy leads when there is one
     result.update(scores)
     result["per_example"] = _per_example(examples, per_example)
     return result

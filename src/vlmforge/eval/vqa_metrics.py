@@ -7,7 +7,10 @@ repaired (`dont` -> `don't`). Chinese adds: full-width forms folded to ASCII (NF
 punctuation removed, spaces next to Chinese characters removed, and a Chinese count with a
 measure word turned into digits (`两个` -> `2`, `三只猫` -> `3猫`, `3个` -> `3`; a bare `三` -> `3`).
 
-A prediction is correct when its normalised form equals that of any reference answer.
+A prediction is correct when its normalised form equals that of any reference answer (exact match).
+When every question has several human answers (VQAv2 has 10), the official VQA accuracy is reported
+too, and is the headline score: each answer left out in turn, min(1, matching others / 3), averaged —
+an answer that 3 of 10 annotators gave scores 0.9, one that a single annotator gave 0.3.
 """
 
 from __future__ import annotations
@@ -96,22 +99,44 @@ def exact_match(prediction: str, references: list[str]) -> bool:
     return any(predicted == normalize_answer(reference) for reference in references)
 
 
+MIN_ANSWERS_FOR_VQA_ACCURACY = 3  # fewer human answers than this: the soft score means nothing
+
+
+def vqa_accuracy(prediction: str, references: list[str]) -> float:
+    """The official VQA accuracy of one prediction against the human answers (duplicates count)."""
+    if not references:
+        raise ValueError("vqa_accuracy needs at least one reference answer")
+    predicted = normalize_answer(prediction)
+    matches = [predicted == normalize_answer(reference) for reference in references]
+    total = sum(matches)
+    return sum(min(1.0, (total - match) / 3) for match in matches) / len(matches)
+
+
 def vqa_scores(
     predictions: list[str], references: list[list[str]], types: list[str | None], langs: list[str]
 ) -> tuple[dict, list[float]]:
-    """Exact match overall, per question type (when any is given) and per language; plus per example."""
-    per_example = [float(exact_match(p, refs)) for p, refs in zip(predictions, references, strict=True)]
-    scores = {"exact_match": _mean(per_example), "by_lang": _grouped(per_example, langs)}
+    """Exact match (and VQA accuracy when every question has several human answers) overall, per
+    question type (when any is given) and per language; plus the headline score per example."""
+    pairs = list(zip(predictions, references, strict=True))
+    per_metric = {"exact_match": [float(exact_match(p, refs)) for p, refs in pairs]}
+    if pairs and all(len(refs) >= MIN_ANSWERS_FOR_VQA_ACCURACY for _, refs in pairs):
+        per_metric["vqa_accuracy"] = [vqa_accuracy(p, refs) for p, refs in pairs]
+    scores = {name: _mean(values) for name, values in per_metric.items()}
+    scores["by_lang"] = _grouped(per_metric, langs)
     if any(qtype is not None for qtype in types):
-        scores["by_type"] = _grouped(per_example, [qtype or "(none)" for qtype in types])
-    return scores, per_example
+        scores["by_type"] = _grouped(per_metric, [qtype or "(none)" for qtype in types])
+    return scores, per_metric.get("vqa_accuracy", per_metric["exact_match"])
 
 
-def _grouped(values: list[float], groups: list[str]) -> dict[str, dict]:
-    members: dict[str, list[float]] = defaultdict(list)
-    for value, group in zip(values, groups, strict=True):
-        members[group].append(value)
-    return {group: {"exact_match": _mean(vals), "num_examples": len(vals)} for group, vals in sorted(members.items())}
+def _grouped(per_metric: dict[str, list[float]], groups: list[str]) -> dict[str, dict]:
+    members: dict[str, list[int]] = defaultdict(list)
+    for index, group in enumerate(groups):
+        members[group].append(index)
+    return {
+        group: {**{name: _mean([values[i] for i in indices]) for name, values in per_metric.items()},
+                "num_examples": len(indices)}
+        for group, indices in sorted(members.items())
+    }
 
 
 def _mean(values: list[float]) -> float:
