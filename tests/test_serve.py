@@ -273,10 +273,36 @@ def test_unknown_route_is_an_openai_style_404(server):
     assert json.loads(caught.value.read())["error"]["type"] == "not_found_error"
 
 
+def cors_headers(url: str, origin: str, method: str = "OPTIONS") -> tuple[int, dict]:
+    headers = {"Origin": origin}
+    if method == "OPTIONS":
+        headers.update({"Access-Control-Request-Method": "POST",
+                        "Access-Control-Request-Headers": "authorization,content-type"})
+    request = urllib.request.Request(url, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}
+    except urllib.error.HTTPError as error:
+        return error.code, {k.lower(): v for k, v in error.headers.items()}
+
+
+def test_cross_origin_pages_only_when_allowed(server, guarded_server):
+    chat = "/v1/chat/completions"
+    status, headers = cors_headers(guarded_server.url + chat, "http://app.example")
+    assert status == 200 and headers["access-control-allow-origin"] == "http://app.example"
+    assert "authorization" in headers["access-control-allow-headers"].lower()
+    status, headers = cors_headers(guarded_server.url + chat, "http://evil.example")
+    assert status == 400 and "access-control-allow-origin" not in headers
+    status, headers = cors_headers(guarded_server.url + "/health", "http://app.example", method="GET")
+    assert status == 200 and headers["access-control-allow-origin"] == "http://app.example"
+    status, headers = cors_headers(server.url + "/health", "http://app.example", method="GET")
+    assert status == 200 and "access-control-allow-origin" not in headers  # default: same origin only
+
+
 @pytest.fixture(scope="module")
 def guarded_server(lively_model, tiny_vlm_dir):
     config = ServeConfig(model=str(tiny_vlm_dir), api_key="s3cret", allow_remote_images=True,
-                         remote_image_timeout=2.0, **LIMITS)
+                         remote_image_timeout=2.0, cors_origins=["http://app.example"], **LIMITS)
     with BackgroundServer(create_app(config, *lively_model)) as running:
         yield running
 

@@ -22,6 +22,8 @@ class ServeConfig:
     dtype: str | None = option(None, "torch dtype to load the weights in, e.g. bfloat16 (default: as saved)")
     device: str | None = option(None, "device to run on, e.g. cuda (default: cpu)")
     web: bool = option(True, "serve the chat page at /")
+    cors_origins: list[str] = option(help="origins whose web pages may call the API (CORS), e.g. https://app.example.com, "
+                                          "or * for any; default: none (same-origin only)", factory=list)
     allow_remote_images: bool = option(False, "fetch http(s) image URLs (public addresses only); data: URLs always work")
     remote_image_timeout: float = option(10.0, "seconds allowed to fetch one remote image")
     max_image_bytes: int = option(10_000_000, "largest encoded image accepted, in bytes")

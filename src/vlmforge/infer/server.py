@@ -68,11 +68,22 @@ def create_app(config: ServeConfig, model, processor):
         worker.stop()
 
     app = FastAPI(title="vlmforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    if config.cors_origins:
+        _allow_cross_origin_pages(app, config.cors_origins)
     _add_error_handlers(app)
     _add_api_routes(app, config, worker)
     if config.web:
         _add_web_routes(app)
     return app
+
+
+def _allow_cross_origin_pages(app, origins: list[str]) -> None:
+    """Browsers let pages from `origins` call the API (preflight answered before the API key is checked,
+    as browsers send none there); no cookies are involved, so no credentials mode."""
+    from fastapi.middleware.cors import CORSMiddleware
+
+    app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                       allow_headers=["Authorization", "Content-Type"], max_age=600)
 
 
 def _add_api_routes(app, config: ServeConfig, worker: ModelWorker) -> None:
