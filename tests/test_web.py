@@ -119,3 +119,31 @@ def test_pasted_image_is_attached_and_refusals_are_shown(page, server):
     error = page.wait_for_selector(".message.error")
     assert "max_tokens must be between 1 and 32" in error.text_content()
     assert page.locator(".message.assistant").count() == 0  # the failed turn is not kept
+
+
+FETCH_CHAT = """async (api) => {
+  try {
+    const response = await fetch(api + "/v1/chat/completions", {method: "POST",
+      headers: {"Authorization": "Bearer k", "Content-Type": "application/json"},
+      body: JSON.stringify({model: "m", messages: [{role: "user", content: "hi"}], max_tokens: 2})});
+    return [response.status, (await response.json()).choices.length];
+  } catch (error) { return ["blocked", String(error)]; }
+}"""
+
+
+def test_a_page_from_another_origin_calls_the_api_only_when_allowed(page, lively_model, tiny_vlm_dir):
+    """`--cors-origins`: Chromium itself runs the preflight and enforces the answer."""
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    site = Starlette(routes=[Route("/", lambda request: HTMLResponse("<!doctype html><title>app</title>"))])
+    with BackgroundServer(site) as other_origin:
+        allowed = ServeConfig(model=str(tiny_vlm_dir), api_key="k", web=False, cors_origins=[other_origin.url])
+        closed = ServeConfig(model=str(tiny_vlm_dir), api_key="k", web=False)
+        with BackgroundServer(create_app(allowed, *lively_model)) as open_api, \
+                BackgroundServer(create_app(closed, *lively_model)) as closed_api:
+            page.goto(other_origin.url + "/")
+            assert page.evaluate(FETCH_CHAT, open_api.url) == [200, 1]
+            status, reason = page.evaluate(FETCH_CHAT, closed_api.url)
+            assert status == "blocked" and "Failed to fetch" in reason
