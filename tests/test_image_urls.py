@@ -182,6 +182,21 @@ def test_fetch_caps_bytes_and_time():
         assert time.monotonic() - started < 2.0
 
 
+def test_a_hanging_name_lookup_counts_against_the_time_cap(monkeypatch):
+    import socket
+
+    def hanging_getaddrinfo(*args, **kwargs):
+        time.sleep(3.0)
+        return []
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_getaddrinfo)
+    started = time.monotonic()
+    with pytest.raises(ImageUrlError, match="resolving image host 'slow.example' took more than") as caught:
+        fetch_remote_image("http://slow.example/a.png", ImageUrlLimits(allow_remote=True, timeout=0.5))
+    assert caught.value.code == "image_fetch_failed"
+    assert time.monotonic() - started < 1.5
+
+
 def test_https_goes_through_tls_to_the_checked_address():
     with LocalSite({"/a.png": (200, {}, png_bytes(), 0)}) as site:  # speaks plain HTTP: the TLS handshake fails
         with pytest.raises(ImageUrlError) as caught:

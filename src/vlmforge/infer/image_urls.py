@@ -6,7 +6,8 @@ Remote fetching is guarded against server-side request forgery: the host is reso
 address it resolves to must be public (no loopback, private, link-local, multicast, reserved or
 unspecified address, IPv4-mapped IPv6 included); the connection goes to the checked address (so
 DNS cannot change its answer in between); each redirect is checked the same way; the size and the
-total time are capped. Decoding goes through `vlmforge.data.images.load_image`, the same guarded
+total time are capped, name resolution included (a lookup runs in a small thread pool and is given
+up at the deadline: `getaddrinfo` itself cannot be interrupted). Decoding goes through `vlmforge.data.images.load_image`, the same guarded
 loader training uses (decompression bombs, truncated files).
 """
 
@@ -20,6 +21,8 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
@@ -28,6 +31,7 @@ from vlmforge.errors import DataError
 
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 READ_CHUNK = 64 * 1024
+_RESOLVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vlmforge-dns")  # bounds stuck lookups
 
 
 class ImageUrlError(DataError):
@@ -105,7 +109,7 @@ def fetch_remote_image(url: str, limits: ImageUrlLimits,
     deadline = time.monotonic() + limits.timeout
     for _ in range(limits.max_redirects + 1):
         target = _parse_remote_url(url)
-        address = resolve_allowed_address(target.hostname, target.port, address_allowed)
+        address = resolve_allowed_address(target.hostname, target.port, address_allowed, _remaining(deadline))
         connection = _pinned_connection(target, address, _remaining(deadline))
         try:
             response = _get(connection, target)
@@ -146,10 +150,16 @@ def _parse_remote_url(url: str) -> _Target:
     return _Target(parts.scheme.lower(), parts.hostname, port or default_port, path)
 
 
-def resolve_allowed_address(hostname: str, port: int, address_allowed: Callable[[object], bool] = is_public_address) -> str:
-    """Resolve `hostname`; every address must be allowed (else `ImageUrlError`); returns the first."""
+def resolve_allowed_address(hostname: str, port: int, address_allowed: Callable[[object], bool] = is_public_address,
+                            timeout: float | None = None) -> str:
+    """Resolve `hostname` within `timeout` seconds; every address must be allowed (else `ImageUrlError`);
+    returns the first."""
+    lookup = _RESOLVER.submit(socket.getaddrinfo, hostname, port, type=socket.SOCK_STREAM)
     try:
-        infos = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+        infos = lookup.result(timeout=timeout)
+    except FutureTimeout:
+        raise ImageUrlError(f"resolving image host {hostname!r} took more than {timeout:.1f}s",
+                            "image_fetch_failed") from None
     except (socket.gaierror, UnicodeError) as error:
         raise ImageUrlError(f"cannot resolve image host {hostname!r}: {error}", "image_fetch_failed") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
