@@ -11,22 +11,25 @@ first, then its images, so every client (chat, serve, vLLM) sends the layout it 
 
 IMAGE_PLACEHOLDER = "<image>"
 
+# Jinja pieces of `_flatten_content`, over one content part `_part`.
+_IS_IMAGE = "_part['type'] == 'image' or _part['type'] == 'image_url'"
+_ADD_IMAGE = "{%- set _text.parts = _text.parts + ['" + IMAGE_PLACEHOLDER + "'] -%}"
+_ADD_TEXT = "{%- set _text.parts = _text.parts + [_part['text']] -%}"
+
+
 # Jinja that turns `messages` with content parts into `messages` with string content. The parts are
-# joined with newlines in the order given, or (AFTER_TEXT) text parts first and image parts after them.
+# joined with newlines in the order given, or (`images_after_text`) text parts first, then image parts.
 def _flatten_content(images_after_text: bool) -> str:
     if images_after_text:
         join = (
-            "{%- for _part in _m['content'] if _part['type'] == 'text' -%}"
-            "{%- set _text.parts = _text.parts + [_part['text']] -%}{%- endfor -%}"
-            "{%- for _part in _m['content'] if _part['type'] == 'image' or _part['type'] == 'image_url' -%}"
-            "{%- set _text.parts = _text.parts + ['" + IMAGE_PLACEHOLDER + "'] -%}{%- endfor -%}"
+            "{%- for _part in _m['content'] if _part['type'] == 'text' -%}" + _ADD_TEXT + "{%- endfor -%}"
+            "{%- for _part in _m['content'] if " + _IS_IMAGE + " -%}" + _ADD_IMAGE + "{%- endfor -%}"
         )
     else:
         join = (
             "{%- for _part in _m['content'] -%}"
-            "{%- if _part['type'] == 'image' or _part['type'] == 'image_url' -%}"
-            "{%- set _text.parts = _text.parts + ['" + IMAGE_PLACEHOLDER + "'] -%}"
-            "{%- elif _part['type'] == 'text' -%}{%- set _text.parts = _text.parts + [_part['text']] -%}{%- endif -%}"
+            "{%- if " + _IS_IMAGE + " -%}" + _ADD_IMAGE
+            + "{%- elif _part['type'] == 'text' -%}" + _ADD_TEXT + "{%- endif -%}"
             "{%- endfor -%}"
         )
     return (

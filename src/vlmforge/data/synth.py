@@ -35,9 +35,9 @@ from vlmforge.data.records import write_records
 from vlmforge.data.synth_language import (
     CAPTION_PROMPTS,
     LANGUAGES,
-    QUESTION_TEMPLATES,
     QUESTION_TYPES,
     REFERENTS,
+    allowed_referents,
     ask,
     describe_scene,
 )
@@ -121,8 +121,7 @@ def _checked_referents(referents) -> tuple[str, ...]:
     if unknown:
         raise ConfigError(f"unknown referents {unknown}; choose from {list(REFERENTS)}")
     for qtype in QUESTION_TYPES:
-        allowed = [ref for (kind, ref) in QUESTION_TEMPLATES if kind == qtype and ref in (None, *referents)]
-        if not allowed:
+        if not allowed_referents(qtype, referents):
             raise ConfigError(f"referents {list(referents)} leave no way to ask a {qtype} question")
     return referents
 

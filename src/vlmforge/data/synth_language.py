@@ -67,12 +67,16 @@ def answer_for(question_type: str, scene: Scene, obj: SceneObject | None, lang: 
     raise ValueError(f"unknown question type {question_type!r}")
 
 
+def allowed_referents(question_type: str, referents: tuple[str, ...] = REFERENTS) -> list[str | None]:
+    """The templates' referents for `question_type` that `referents` permits (None: about the whole scene)."""
+    return [ref for (qtype, ref) in QUESTION_TEMPLATES if qtype == question_type and ref in (None, *referents)]
+
+
 def ask(question_type: str, scene: Scene, lang: str, rng: random.Random,
         referents: tuple[str, ...] = REFERENTS) -> tuple[str, str]:
     """A random (question, answer) pair of `question_type` about `scene` in `lang`, its object named by
     one of `referents` (count questions name none)."""
-    referents = [ref for (qtype, ref) in QUESTION_TEMPLATES if qtype == question_type and ref in (None, *referents)]
-    referent = rng.choice(referents)
+    referent = rng.choice(allowed_referents(question_type, referents))
     template = QUESTION_TEMPLATES[(question_type, referent)][lang]
     obj = rng.choice(scene) if referent else None
     question = template.format(**_referent_words(obj, lang)) if obj else template

@@ -234,8 +234,8 @@ def pick_samples(test_path: Path, per_example: list[dict], count: int = 2) -> li
     """`count` test conversations, one per language, questions of multi-object scenes, with the answers given."""
     from vlmforge.data.records import read_records
     from vlmforge.data.synth import scene_of_record
-    from vlmforge.data.synth_language import describe_scene
-    from vlmforge.demo.report import LANGUAGES, sample_conversation
+    from vlmforge.data.synth_language import LANGUAGES, describe_scene
+    from vlmforge.demo.report import sample_conversation
 
     by_id = {str(row["id"]): row for row in per_example}
     records = [record for record in read_records(test_path) if len(record["meta"]["objects"]) > 1]

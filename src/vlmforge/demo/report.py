@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-QUESTION_TYPES = ("colour", "shape", "position", "count")
-LANGUAGES = ("en", "zh")
+from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
+from vlmforge.data.synth_language import LANGUAGES, QUESTION_TYPES
 
 
 def accuracy_table(per_example: list[dict]) -> dict[str, dict[str, float]]:
@@ -40,12 +40,6 @@ def _rounded_mean(values: list[float]) -> float:
 
 def _language_order(lang: str) -> tuple[int, str]:
     return (LANGUAGES.index(lang) if lang in LANGUAGES else len(LANGUAGES), lang)
-
-
-def lowest_cell(table: dict[str, dict[str, float]]) -> float:
-    """The lowest accuracy of any (type, language) cell; 0.0 for an empty table."""
-    values = [value for row in table.values() for value in row.values()]
-    return min(values) if values else 0.0
 
 
 def format_table(report: dict) -> str:
@@ -76,7 +70,7 @@ def sample_conversation(record: dict, prediction: str, description: str, correct
     question = next(m["content"] for m in record["messages"] if m["role"] == "user")
     reference = next(m["content"] for m in record["messages"] if m["role"] == "assistant")
     return {"id": record["id"], "image": record["images"][0], "description": description,
-            "question": question.replace("<image>", "").strip(), "answer": prediction, "reference": reference,
+            "question": question.replace(IMAGE_PLACEHOLDER, "").strip(), "answer": prediction, "reference": reference,
             "correct": bool(correct)}
 
 

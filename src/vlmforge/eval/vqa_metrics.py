@@ -95,8 +95,13 @@ def chinese_numeral_value(numeral: str) -> int | None:
 
 def exact_match(prediction: str, references: list[str]) -> bool:
     """True when the normalised prediction equals any normalised reference."""
+    return any(_matches(prediction, references))
+
+
+def _matches(prediction: str, references: list[str]) -> list[bool]:
+    """Per reference: does its normalised form equal the prediction's?"""
     predicted = normalize_answer(prediction)
-    return any(predicted == normalize_answer(reference) for reference in references)
+    return [predicted == normalize_answer(reference) for reference in references]
 
 
 MIN_ANSWERS_FOR_VQA_ACCURACY = 3  # fewer human answers than this: the soft score means nothing
@@ -106,8 +111,10 @@ def vqa_accuracy(prediction: str, references: list[str]) -> float:
     """The official VQA accuracy of one prediction against the human answers (duplicates count)."""
     if not references:
         raise ValueError("vqa_accuracy needs at least one reference answer")
-    predicted = normalize_answer(prediction)
-    matches = [predicted == normalize_answer(reference) for reference in references]
+    return _soft_score(_matches(prediction, references))
+
+
+def _soft_score(matches: list[bool]) -> float:
     total = sum(matches)
     return sum(min(1.0, (total - match) / 3) for match in matches) / len(matches)
 
@@ -117,10 +124,10 @@ def vqa_scores(
 ) -> tuple[dict, list[float]]:
     """Exact match (and VQA accuracy when every question has several human answers) overall, per
     question type (when any is given) and per language; plus the headline score per example."""
-    pairs = list(zip(predictions, references, strict=True))
-    per_metric = {"exact_match": [float(exact_match(p, refs)) for p, refs in pairs]}
-    if pairs and all(len(refs) >= MIN_ANSWERS_FOR_VQA_ACCURACY for _, refs in pairs):
-        per_metric["vqa_accuracy"] = [vqa_accuracy(p, refs) for p, refs in pairs]
+    matches = [_matches(p, refs) for p, refs in zip(predictions, references, strict=True)]
+    per_metric = {"exact_match": [float(any(row)) for row in matches]}
+    if matches and all(len(row) >= MIN_ANSWERS_FOR_VQA_ACCURACY for row in matches):
+        per_metric["vqa_accuracy"] = [_soft_score(row) for row in matches]
     scores = {name: _mean(values) for name, values in per_metric.items()}
     scores["by_lang"] = _grouped(per_metric, langs)
     if any(qtype is not None for qtype in types):

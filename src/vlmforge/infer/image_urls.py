@@ -7,8 +7,9 @@ address it resolves to must be public (no loopback, private, link-local, multica
 unspecified address, IPv4-mapped IPv6 included); the connection goes to the checked address (so
 DNS cannot change its answer in between); each redirect is checked the same way; the size and the
 total time are capped, name resolution included (a lookup runs in a small thread pool and is given
-up at the deadline: `getaddrinfo` itself cannot be interrupted). Decoding goes through `vlmforge.data.images.load_image`, the same guarded
-loader training uses (decompression bombs, truncated files).
+up at the deadline: `getaddrinfo` itself cannot be interrupted). Decoding goes through
+`vlmforge.data.images.load_image`, the same guarded loader training uses (decompression bombs,
+truncated files).
 """
 
 from __future__ import annotations
