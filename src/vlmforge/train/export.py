@@ -43,13 +43,16 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     import torch
 
     from vlmforge.config import from_dict
-    from vlmforge.train.checkpoint import read_trainable_weights
+    from vlmforge.train.checkpoint import read_trainable_weights, verify_for_export
     from vlmforge.train.loop import load_model_for_training
     from vlmforge.train.recipe import Recipe
 
     checkpoint = Path(checkpoint).resolve()
-    if not (checkpoint / "trainable.safetensors").exists():
+    if not checkpoint.is_dir():
+        raise ModelError(f"checkpoint folder not found: {checkpoint}")
+    if not (checkpoint / "trainable.safetensors").exists() and not (checkpoint / "manifest.json").exists():
         raise ModelError(f"{checkpoint} is not a vlmforge checkpoint (no trainable.safetensors)")
+    verify_for_export(checkpoint)  # sizes and checksums, before anything is built from it
     import yaml
 
     recipe = from_dict(Recipe, yaml.safe_load((checkpoint / "recipe.yaml").read_text(encoding="utf-8")))

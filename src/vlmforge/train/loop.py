@@ -220,19 +220,22 @@ class Trainer:
     def run(self) -> TrainResult:
         from tqdm import tqdm
 
-        from vlmforge.train.checkpoint import latest_checkpoint, load_checkpoint
+        from vlmforge.train.checkpoint import clean_output_dir, latest_checkpoint, load_checkpoint
         from vlmforge.train.metrics_log import MetricsLog, plot_curves
 
         self._setup()
         train = self.recipe.train
         state = {"skipped_steps": 0, "trained_tokens": 0.0}
         start = 0
+        if self.is_main:
+            clean_output_dir(self.output_dir)
+        self.accelerator.wait_for_everyone()
         if self.resume:
             checkpoint = latest_checkpoint(self.output_dir)
             if checkpoint is None:
                 log.info("--resume: no complete checkpoint in %s, starting from step 0", self.output_dir)
             else:
-                state = load_checkpoint(checkpoint, self.unwrapped_peft, self.optimizer, self.scheduler)
+                state = load_checkpoint(checkpoint, self.unwrapped_peft, self.optimizer, self.scheduler, self.recipe)
                 start = state["step"]
                 log.info("resumed from %s (step %d)", checkpoint, start)
         if self.is_main:

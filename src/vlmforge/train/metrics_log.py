@@ -6,6 +6,9 @@ import json
 import logging
 from pathlib import Path
 
+from vlmforge.errors import VlmforgeError
+from vlmforge.utils.atomic import atomic_write_text, describe_device, is_disk_full
+
 log = logging.getLogger("vlmforge.train")
 
 
@@ -23,17 +26,24 @@ class MetricsLog:
                 self.writer = _tensorboard_writer(output_dir / "tensorboard")
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, forget lines logged after the checkpoint we resume from (they will be redone)."""
+        """On resume, forget lines logged after the checkpoint we resume from (they will be redone),
+        and a torn last line a killed run left; rewritten atomically, so a kill here loses nothing."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [row for row in read_metrics(self.path) if row.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def write(self, metrics: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(metrics) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(metrics) + "\n")
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            raise VlmforgeError(f"no space left on {describe_device(self.path.parent)} while writing {self.path}; "
+                                "checkpoints already written are intact: free some space, then continue with --resume") from None
         if self.writer is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and key != "step":
@@ -43,6 +53,20 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl; a line a killed run left half-written (or any undecodable one)
+    is left out, since it will be logged again when the run goes on."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def format_metrics(metrics: dict) -> str:
@@ -73,7 +97,7 @@ def plot_curves(metrics_path: Path, out: Path) -> Path | None:
     except ImportError:
         log.info("matplotlib is not installed: no curves.png")
         return None
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    rows = [row for row in read_metrics(metrics_path) if "step" in row and "loss" in row]
     if not rows:
         return None
     steps = [row["step"] for row in rows]

@@ -1,14 +1,22 @@
 """Write a folder atomically: build it under a temporary name, rename it into place when complete.
 
 A process killed at any moment leaves either the old folder or the new one, never a torn one.
+What a killed process leaves behind is a hidden temporary (`.NAME.tmp-PID`, `.NAME.old-PID`,
+`.NAME.trash-PID`); `remove_stale_temporaries` clears those of dead processes at the next start.
+This is the project's one atomic writer: folders, text files and deletions all go through here.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+
+# `.NAME.KIND-PID`: the hidden siblings this module creates (KIND says what the PID was doing).
+TEMPORARY_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|trash)-(?P<pid>\d+)$")
 
 
 @contextmanager
@@ -26,6 +34,7 @@ def atomic_directory(final: str | Path):
         if final.exists():
             os.replace(final, old)
         os.replace(tmp, final)
+        _fsync_directory(final.parent)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -38,9 +47,107 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(handle.fileno())
 
 
+def _fsync_directory(folder: Path) -> None:
+    """Make a rename inside `folder` durable (a power cut after it cannot undo it)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some file systems do not sync directories; the rename itself is still atomic
+    finally:
+        os.close(descriptor)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file through a temporary file and a rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def remove_directory(folder: str | Path) -> None:
+    """Delete a folder by renaming it away first, so that a kill mid-delete never leaves a half-deleted
+    folder under its real name (one that looks complete to whoever lists the parent)."""
+    folder = Path(folder)
+    trash = folder.parent / f".{folder.name}.trash-{os.getpid()}"
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[str]:
+    """Remove the temporaries that killed processes left in `folder`; returns their names.
+
+    Only those whose PID is not a running process count as stale (our own PID counts too: call
+    this at start, when nothing of ours is in flight). A PID reused by an unrelated live process
+    keeps its temporary until a later start: safe rather than clean. An `.old` copy whose folder is
+    missing (killed between the two renames of `atomic_directory`) is renamed back, not deleted.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        match = TEMPORARY_PATTERN.match(path.name)
+        if not match or _pid_alive(int(match["pid"])):
+            continue
+        original = folder / match["name"]
+        if match["kind"] == "old" and not original.exists() and not original.is_symlink():
+            os.replace(path, original)
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    except OSError:
+        return False
+    return True
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether a failed write ran out of space (or quota); torch and safetensors wrap the OSError."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error) or "os error 28" in str(error) or "Disk quota exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def describe_device(path: str | Path) -> str:
+    """'the file system at MOUNT (N MB free)': which device filled up, in words a user can act on."""
+    path = Path(path).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    mount = path
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        free = shutil.disk_usage(path).free / 1e6
+    except OSError:
+        return f"the file system at {mount}"
+    return f"the file system at {mount} ({free:.1f} MB free)"
