@@ -105,7 +105,7 @@ def test_json_items_track_lines_in_arrays_and_jsonl(tmp_path):
     assert list(iter_json_items(lines)) == [(1, 0, {"a": 1}), (3, 1, {"a": 2})]
     broken = tmp_path / "b.json"
     broken.write_text('[\n{"a": 1},\n{"a": }\n]', encoding="utf-8")
-    with pytest.raises(DataError, match="b.json:3: not valid JSON"):
+    with pytest.raises(DataError, match=r"b.json:3 \[record 1\]: not valid JSON"):
         list(iter_json_items(broken))
 
 

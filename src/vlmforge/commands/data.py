@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_convert(args: argparse.Namespace) -> int:
     from vlmforge.data.convert import ConvertOptions, convert_files, format_convert_report
 
+    _check_report_path(args.json)
     options = ConvertOptions(image_roots=args.image_root, check_images=args.check_images, prompts_file=args.prompts,
                              seed=args.seed, source=args.source, normalize_placeholders=args.normalize_placeholders)
     report = convert_files(args.fmt, args.inputs, args.out, options)
@@ -83,6 +84,7 @@ def _run_check(args: argparse.Namespace) -> int:
     from vlmforge.data.check import CheckOptions, check_files, format_check_report
     from vlmforge.data.images import DEFAULT_MAX_PIXELS
 
+    _check_report_path(args.json)
     options = CheckOptions(image_roots=args.image_root, model_dir=args.model, max_length=args.max_length,
                            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, check_images=args.images, workers=args.workers)
     report = check_files(args.inputs, options)
@@ -103,7 +105,24 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_report_path(path: str | None) -> None:
+    """Refuse a `--json` path that is a folder before any work is done (one line, exit 2)."""
+    from vlmforge.errors import DataError
+
+    if path and Path(path).is_dir():
+        raise DataError(f"--json {path} is a folder; name the report file (e.g. {Path(path) / 'report.json'})")
+
+
 def _write_json(path: str | None, data: dict) -> None:
-    if path:
+    """Write a report; a path that cannot be written is one clear line, not a traceback."""
+    from vlmforge.errors import DataError
+    from vlmforge.utils.atomic import atomic_write_text
+
+    if not path:
+        return
+    _check_report_path(path)
+    try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    except OSError as error:
+        raise DataError(f"cannot write --json {path}: {error.strerror or error}") from error

@@ -118,6 +118,8 @@ def _check_file(path: Path, options: CheckOptions, model: _ModelView | None, rep
             problems = [problem.at(path, line) for problem in problems]
         stats.problems += len(problems)
         report.problems += problems
+    if line_problems:  # unreadable lines have no source of their own: the file's default one counts them
+        report.sources.setdefault(path.stem, SourceStats()).problems += len(line_problems)
     report.problems += line_problems
 
 

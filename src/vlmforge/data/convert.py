@@ -13,7 +13,6 @@ all others, in the returned `ConvertReport`. Quirks of each format: docs/data.md
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -22,9 +21,9 @@ from pathlib import Path
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.data.convert_text import clean_caption, load_prompts, pick_prompt, shipped_prompts
-from vlmforge.data.json_items import iter_json_items
+from vlmforge.data.json_items import iter_json_items, load_json_document
 from vlmforge.data.images import resolve_image_path
-from vlmforge.data.records import Problem, normalize_placeholders, validate_record, write_records
+from vlmforge.data.records import Problem, normalize_placeholders, text_problem, validate_record, write_records
 from vlmforge.errors import ConfigError, DataError
 
 ROLE_NAMES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant", "system": "system"}
@@ -73,8 +72,22 @@ class _Context:
 # Format readers: each yields (line, record index, canonical record) and never drops silently.
 
 
+def _items(context: _Context) -> Iterator[tuple[int, int, object]]:
+    """The readable items of an input; unreadable ones (bad JSON, bad text, hostile nesting) are reported."""
+    for line, index, item in iter_json_items(context.path, context.report.problems):
+        problem = text_problem(item)
+        if problem is None:
+            yield line, index, item
+        else:
+            context.report.problems.append(problem.at(context.path, line, index))
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else []
+
+
 def _read_llava(context: _Context) -> Iterator[tuple[int | None, int | None, dict]]:
-    for line, index, item in iter_json_items(context.path):
+    for line, index, item in _items(context):
         if not isinstance(item, dict):
             yield line, index, item
             continue
@@ -83,17 +96,17 @@ def _read_llava(context: _Context) -> Iterator[tuple[int | None, int | None, dic
             "id": str(item["id"]) if item.get("id") is not None else f"{context.source}-{index}",
             "source": context.source,
             "images": [images] if isinstance(images, str) else images,
-            "messages": [_message(turn, "from", "value", context) for turn in item.get("conversations") or []],
+            "messages": [_message(turn, "from", "value", context) for turn in _list(item.get("conversations"))],
         }
         yield line, index, record
 
 
 def _read_sharegpt(context: _Context) -> Iterator[tuple[int | None, int | None, dict]]:
-    for line, index, item in iter_json_items(context.path):
+    for line, index, item in _items(context):
         if not isinstance(item, dict):
             yield line, index, item
             continue
-        turns = item.get("messages", item.get("conversations")) or []
+        turns = _list(item.get("messages", item.get("conversations")))
         messages = [_message(turn, "role", "content", context) if isinstance(turn, dict) and "role" in turn
                     else _message(turn, "from", "value", context) for turn in turns]
         if item.get("system"):
@@ -112,7 +125,8 @@ def _message(turn: object, role_key: str, content_key: str, context: _Context) -
     """One turn in canonical form; an unknown role is kept as is, so validation names it."""
     if not isinstance(turn, dict):
         return {"role": None, "content": None}
-    role = ROLE_NAMES.get(turn.get(role_key), turn.get(role_key))
+    role = turn.get(role_key)
+    role = ROLE_NAMES.get(role, role) if isinstance(role, str) else role
     content = turn.get(content_key)
     if role == "user" and isinstance(content, str) and context.options.normalize_placeholders:
         content = normalize_placeholders(content)
@@ -121,14 +135,18 @@ def _message(turn: object, role_key: str, content_key: str, context: _Context) -
 
 def _read_coco(context: _Context) -> Iterator[tuple[int | None, int | None, dict]]:
     data = _load_json_object(context.path, ("images", "annotations"))
-    file_names = {image["id"]: image["file_name"] for image in data["images"]}
+    file_names = _coco_file_names(data["images"], context)
     for index, annotation in enumerate(data["annotations"]):
-        caption = clean_caption(annotation.get("caption") or "")
+        problem = text_problem(annotation) or _not_an_object(annotation, f"annotation {index}")
+        if problem is not None:
+            context.report.problems.append(problem.at(context.path, record=index))
+            continue
+        caption = clean_caption(annotation.get("caption") if isinstance(annotation.get("caption"), str) else "")
         if not caption:
             context.report.skipped["empty caption"] += 1
             continue
-        if annotation.get("image_id") not in file_names:
-            reason = f"annotation {annotation.get('id')}: image_id {annotation.get('image_id')} is not in `images`"
+        if not _hashable(annotation.get("image_id")) or annotation.get("image_id") not in file_names:
+            reason = f"annotation {annotation.get('id', index)}: image_id {annotation.get('image_id')} is not in `images`"
             context.report.problems.append(Problem("unknown-image-id", reason).at(context.path, record=index))
             continue
         # All captions of an image share its id, so evaluation scores them as several references (the COCO way).
@@ -137,14 +155,35 @@ def _read_coco(context: _Context) -> Iterator[tuple[int | None, int | None, dict
         yield None, index, _caption_record(record_id, prompt_key, file_names[annotation["image_id"]], caption, "en", context)
 
 
+def _coco_file_names(images: list, context: _Context) -> dict:
+    """image id -> file name; an entry without an `id` or a `file_name` is reported, not a KeyError."""
+    file_names = {}
+    for index, image in enumerate(images):
+        valid = isinstance(image, dict) and _hashable(image.get("id")) and isinstance(image.get("file_name"), str)
+        if valid and text_problem(image) is None:
+            file_names[image["id"]] = image["file_name"]
+            continue
+        reason = f"images[{index}] needs an `id` and a `file_name` string; its captions are left out"
+        context.report.problems.append(Problem("bad-item", reason).at(context.path))
+    return file_names
+
+
+def _not_an_object(item: object, name: str) -> Problem | None:
+    return None if isinstance(item, dict) else Problem("bad-item", f"{name} is not a JSON object")
+
+
+def _hashable(value: object) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def _read_aic(context: _Context) -> Iterator[tuple[int | None, int | None, dict]]:
-    for line, index, item in iter_json_items(context.path):
+    for line, index, item in _items(context):
         if not isinstance(item, dict) or not isinstance(item.get("image_id"), str):
             reason = "expected an object with `image_id` (file name) and `caption` (list of sentences)"
             context.report.problems.append(Problem("bad-item", reason).at(context.path, line, index))
             continue
-        captions = item.get("caption") or []
-        for number, caption in enumerate([captions] if isinstance(captions, str) else captions):
+        captions = item.get("caption")
+        for number, caption in enumerate([captions] if isinstance(captions, str) else _list(captions)):
             caption = clean_caption(caption if isinstance(caption, str) else "")
             if not caption:
                 context.report.skipped["empty caption"] += 1
@@ -171,11 +210,7 @@ def _caption_record(record_id: str, prompt_key: str, image: str, caption: str, l
 
 
 def _load_json_object(path: Path, keys: tuple[str, ...]) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from error
+    data = load_json_document(path)
     if not isinstance(data, dict) or any(not isinstance(data.get(key), list) for key in keys):
         raise DataError(f"{path}: expected a JSON object with lists {', '.join(keys)}")
     return data
@@ -203,6 +238,8 @@ def convert_files(fmt: str, inputs: Sequence[str | Path], output: str | Path, op
     missing = [str(path) for path in inputs if not Path(path).is_file()]
     if missing:
         raise DataError(f"input file(s) not found: {', '.join(missing)}")
+    if Path(output).is_dir():
+        raise DataError(f"--out {output} is a folder; name the output file (e.g. {Path(output) / 'data.jsonl'})")
     prompts = _prompts_for(fmt, options)
     report = ConvertReport(output=str(output))
     contexts = [_Context(Path(path), options.source or Path(path).stem, options, report, prompts) for path in inputs]

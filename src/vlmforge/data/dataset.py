@@ -12,7 +12,6 @@ counted; past the `BadSampleBudget` a `DataError` stops the run with the reason,
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import numpy as np
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.data.images import DEFAULT_MAX_PIXELS, load_image, resolve_image_path
-from vlmforge.data.records import validate_record
+from vlmforge.data.records import parse_line, validate_record
 from vlmforge.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -137,7 +136,7 @@ class ConversationDataset:
         line_index = self.indexes[file_id]
         line = int(line_index.line_numbers[row])
         try:
-            record = _parse_record(line_index.read(row))
+            record = _parse_record(line_index.read(row), first=line == 1)
             roots = self.image_roots or [line_index.path.parent]
             images = [load_image(resolve_image_path(path, roots), self.max_pixels) for path in record.get("images", [])]
         except DataError as error:
@@ -154,11 +153,11 @@ class ConversationDataset:
         return (sizes[flat] / bytes_per_token).astype(np.int64) + images[flat] * num_image_tokens
 
 
-def _parse_record(line: bytes) -> dict:
-    try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"not valid JSON ({error})") from error
+def _parse_record(line: bytes, first: bool = False) -> dict:
+    """A valid record from a line's bytes, or `DataError` with the reason `data check` would give."""
+    record, problem = parse_line(line, first)
+    if problem is not None:
+        raise DataError(problem.reason)
     problems = validate_record(record)
     if problems:
         raise DataError(problems[0].reason)

@@ -61,6 +61,9 @@ def validate_record(record: object) -> list[Problem]:
     """Every structural problem of one record (an empty list when it is valid)."""
     if not isinstance(record, dict):
         return [Problem("not-an-object", f"a record must be a JSON object, got {type(record).__name__}")]
+    bad_text = text_problem(record)
+    if bad_text is not None:
+        return [bad_text]  # nothing downstream (tokenizer, writer) can handle it
     problems = _check_keys(record)
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -69,6 +72,32 @@ def validate_record(record: object) -> list[Problem]:
     problems += _check_turn_order(messages)
     problems += _check_placeholders(messages, record.get("images", []))
     return problems
+
+
+MAX_NESTING = 64  # records are shallow; deeper JSON is hostile and would overflow recursive code
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_problem(item: object) -> Problem | None:
+    """A `bad-text` problem when a string (key or value) holds a lone surrogate, or nesting is too deep.
+
+    A lone surrogate comes from a JSON escape such as `"\\ud800"` or from bytes that are not UTF-8
+    (decoded with `surrogateescape`); tokenizers and UTF-8 writers both fail on it. The scan is
+    iterative, so hostile nesting cannot overflow the stack here.
+    """
+    stack = [(item, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return Problem("bad-text", f"JSON nested more than {MAX_NESTING} levels deep")
+        if isinstance(value, dict):
+            stack += [(key, depth) for key in value] + [(child, depth + 1) for child in value.values()]
+        elif isinstance(value, list):
+            stack += [(child, depth + 1) for child in value]
+        elif isinstance(value, str) and _SURROGATE.search(value):
+            char = _SURROGATE.search(value).group()
+            return Problem("bad-text", f"text holds {ascii(char)[1:-1]}, a lone surrogate or bytes that are not UTF-8")
+    return None
 
 
 def _check_keys(record: dict) -> list[Problem]:
@@ -170,16 +199,21 @@ def normalize_placeholders(text: str) -> str:
 
 
 def iter_records(path: str | Path, problems: list[Problem] | None = None) -> Iterator[tuple[int, dict]]:
-    """Yield `(line_number, record)` for each non-blank line of a JSONL file (UTF-8).
+    """Yield `(line_number, record)` for each non-blank line of a JSONL file (UTF-8, a BOM allowed).
 
-    A line that is not a JSON object raises `DataError`, or, when a `problems` list is given, is
-    appended to it and skipped, so a check can report every bad line at once.
+    A line that is not a JSON object (bad JSON, bytes that are not UTF-8, hostile nesting) raises
+    `DataError`, or, when a `problems` list is given, is appended to it and skipped, so a check
+    can report every bad line at once.
     """
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            record, problem = _parse_line(line)
+    try:
+        handle = open(path, "rb")
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}") from error
+    with handle:
+        for line_number, raw in enumerate(handle, start=1):
+            record, problem = parse_line(raw, first=line_number == 1)
+            if record is None and problem is None:
+                continue  # a blank line
             if problem is None:
                 yield line_number, record
             elif problems is None:
@@ -188,11 +222,25 @@ def iter_records(path: str | Path, problems: list[Problem] | None = None) -> Ite
                 problems.append(problem.at(path, line_number))
 
 
-def _parse_line(line: str) -> tuple[dict | None, Problem | None]:
+def parse_line(raw: bytes, first: bool = False) -> tuple[dict | None, Problem | None]:
+    """One JSONL line as a record, or the problem that stops it; `(None, None)` for a blank line.
+
+    The one place where a line's bytes become a record, for `data check`, `data convert` and
+    training alike: a UTF-8 BOM (on the first line) is accepted, bytes that are not UTF-8 and JSON
+    nested too deeply for the decoder are problems, never exceptions.
+    """
     try:
-        record = json.loads(line.strip())
+        line = raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as error:
+        return None, Problem("bad-encoding", f"not UTF-8 text (byte 0x{raw[error.start]:02x} at byte {error.start + 1})")
+    if not line.strip():
+        return None, None
+    try:
+        record = json.loads(line)
     except json.JSONDecodeError as error:
         return None, Problem("bad-json", f"not valid JSON ({error.msg}, column {error.colno})")
+    except RecursionError:
+        return None, Problem("bad-json", "not valid JSON (nested too deeply)")
     if not isinstance(record, dict):
         return None, Problem("not-an-object", f"a record must be a JSON object, got {type(record).__name__}")
     return record, None
@@ -211,15 +259,19 @@ def dumps_record(record: dict) -> str:
 def write_records(path: str | Path, records: Iterable[dict]) -> int:
     """Write records as JSONL through a temporary file and a rename; returns how many were written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; name the output file (e.g. {path / 'data.jsonl'})")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     count = 0
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
             for record in records:
                 handle.write(dumps_record(record) + "\n")
                 count += 1
         os.replace(tmp, path)
+    except OSError as error:
+        raise DataError(f"cannot write {path}: {error.strerror or error}") from error
     finally:
         tmp.unlink(missing_ok=True)
     return count

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
+from vlmforge.data.records import text_problem
 from vlmforge.data.tokenize import encode_conversation
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,10 @@ def _parse(line: bytes):
         messages = json.loads(line)["messages"]
         roles = tuple(message["role"] for message in messages)
         contents = [message["content"] for message in messages]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # not JSON, not UTF-8, not a record, hostile nesting
         return None
-    if not all(isinstance(content, str) for content in contents):
-        return None
+    if not all(isinstance(content, str) for content in contents) or text_problem(contents) is not None:
+        return None  # a lone surrogate would make the tokenizer raise; the sample fails validation later
     return roles, contents, sum(content.count(IMAGE_PLACEHOLDER) for content in contents)
 
 
