@@ -3,6 +3,7 @@
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -69,3 +70,32 @@ def test_resolve_image_path_tries_each_root(tmp_path):
     assert resolve_image_path("sub/missing.jpg", [first, second]) == first / "sub" / "missing.jpg"
     assert resolve_image_path("sub/x.jpg") == Path("sub/x.jpg")
     assert resolve_image_path(str(tmp_path / "abs.jpg"), [first]) == tmp_path / "abs.jpg"
+
+
+def test_16_bit_grey_gradient_is_scaled_not_clipped():
+    """Golden: gradient16.png holds 0..65535 (column c = c * 257); it must read as 0..255, column c = c."""
+    image = load_image(IMAGES / "gradient16.png")
+    assert Image.open(IMAGES / "gradient16.png").mode.startswith("I;16")
+    assert image.mode == "RGB" and image.size == (256, 4)
+    assert [image.getpixel((column, 2)) for column in (0, 1, 100, 254, 255)] == [
+        (0, 0, 0), (1, 1, 1), (100, 100, 100), (254, 254, 254), (255, 255, 255)]
+
+
+def test_exif_orientation_is_applied():
+    """Golden: exif_orientation6.jpg is stored 40x20 (red left, blue right) with Orientation=6."""
+    assert Image.open(IMAGES / "exif_orientation6.jpg").size == (40, 20)
+    image = load_image((IMAGES / "exif_orientation6.jpg").read_bytes())  # bytes (the server's path) too
+    assert image.size == (20, 40)
+    top, bottom = image.getpixel((10, 5)), image.getpixel((10, 35))
+    assert top[0] > 180 and top[2] < 60 and bottom[2] > 180 and bottom[0] < 60
+
+
+def test_32_bit_and_float_images_are_scaled():
+    wide = Image.fromarray(np.array([[0, 1 << 20, 1 << 24]], dtype="int32"))  # 32-bit "I": scaled by its maximum
+    assert [load_image(_tiff_bytes(wide)).getpixel((x, 0))[0] for x in range(3)] == [0, 16, 255]
+
+
+def _tiff_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "TIFF")
+    return buffer.getvalue()

@@ -3,6 +3,10 @@
     image = load_image("train2017/000000442786.jpg")          # PIL RGB image, fully decoded
     image = load_image(request_bytes, max_pixels=20_000_000)  # bytes from a client work too
 
+Pixels are read as the file means them: the EXIF orientation is applied (a phone photo stored
+sideways comes out upright) and 16-bit / 32-bit greyscale is scaled to 8 bits, not clipped (a
+0..65535 gradient becomes 0..255, not black then white).
+
 Every failure is an `ImageError` (a `DataError`) whose `kind` says what went wrong (missing,
 undecodable, truncated, oversized) and whose message names the file, so one bad image can be
 reported or skipped instead of crashing a run.
@@ -34,11 +38,22 @@ class ImageError(DataError):
 def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Open, size-check, fully decode and convert an image to RGB; raises `ImageError`."""
     if isinstance(source, (bytes, bytearray)):
-        return to_rgb(_decode(io.BytesIO(source), "<bytes>", max_pixels))
+        return to_rgb(upright(_decode(io.BytesIO(source), "<bytes>", max_pixels)))
     if not Path(source).is_file():
         raise ImageError("missing", str(source), "no such file")
     with open(source, "rb") as handle:
-        return to_rgb(_decode(handle, str(source), max_pixels))
+        return to_rgb(upright(_decode(handle, str(source), max_pixels)))
+
+
+def upright(image):
+    """The image turned as its EXIF Orientation tag says (in place); unreadable EXIF leaves it as stored."""
+    from PIL import ImageOps
+
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except Exception:  # a damaged EXIF block must not cost the picture itself
+        pass
+    return image
 
 
 def _decode(handle, name: str, max_pixels: int):
@@ -77,11 +92,34 @@ def to_rgb(image):
 
     if image.mode == "RGB":
         return image
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8bit(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _to_8bit(image):
+    """8-bit greyscale ("L") of a 16/32-bit integer or float image, scaled rather than clipped.
+
+    16-bit data keeps its top byte (>> 8). Integer data wider than 16 bits and float data are
+    scaled by their range: floats in [0, 1] by 255, anything else by its maximum.
+    """
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image)
+    if image.mode.startswith("I;16") or (image.mode == "I" and 255 < values.max() <= 65535):
+        scaled = values.astype(np.uint32) >> 8
+    elif image.mode == "I" and values.max() <= 255:
+        scaled = values
+    else:
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
+        top = 1.0 if values.max() <= 1.0 else values.max()
+        scaled = np.rint(values * (255.0 / top))
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))  # (H, W) uint8 -> "L"
 
 
 def resolve_image_path(path: str, roots: Sequence[str | Path] = ()) -> Path:
