@@ -291,6 +291,7 @@ def newest_intact_sibling(path: Path) -> Path | None:
 
 def verify_for_export(path: Path) -> None:
     """Raise one line when `path` lacks, or has damaged, what export reads (weights and recipe)."""
+    path = Path(path).resolve()  # checkpoint-latest → the checkpoint it names
     problem = checkpoint_problem(path, EXPORT_FILES)
     if problem is None:
         return
