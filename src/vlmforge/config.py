@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -17,12 +18,47 @@ from typing import Any
 from vlmforge.errors import ConfigError
 
 
+def option(default=None, help: str = "", factory=None, ge=None, gt=None, le=None, lt=None):
+    """A dataclass field with a help text (shown by the generated CLI flag) and an optional range.
 
-def option(default=None, help: str = "", factory=None):
-    """A dataclass field with a help text (shown by the generated CLI flag)."""
+    `ge` / `gt` / `le` / `lt` bound a number (each item of a list of numbers); `from_dict` checks them,
+    and every float must be finite, so a bad value is refused when the config is read, naming its key.
+    """
+    bounds = {key: value for key, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if value is not None}
+    metadata = {"help": help, "bounds": bounds}
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_BOUND_SIGNS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _within(value, key: str, bound) -> bool:
+    return {"ge": value >= bound, "gt": value > bound, "le": value <= bound, "lt": value < bound}[key]
+
+
+def check_bounds(value, bounds: dict, where: str) -> None:
+    """The one range check of every config: floats must be finite, numbers within the field's bounds."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            continue
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{where} must be a finite number, got {item}")
+        if not all(_within(item, key, bound) for key, bound in bounds.items()):
+            wanted = " and ".join(f"{_BOUND_SIGNS[key]} {bound}" for key, bound in bounds.items())
+            raise ConfigError(f"{where} must be {wanted}, got {item}")
+
+
+def check_config(config, where: str = "") -> None:
+    """Every field's range in a config built in Python (`from_dict` checks the same while reading)."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        key = f"{where}.{field.name}" if where else field.name
+        if dataclasses.is_dataclass(value):
+            check_config(value, key)
+        else:
+            check_bounds(value, field.metadata.get("bounds", {}), key)
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -64,8 +100,8 @@ def _coerce(value, kind, where: str):
     if kind is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.strip().lower() in ("true", "yes", "on", "1")
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if kind in (int, float):
         if isinstance(value, bool):
@@ -98,9 +134,11 @@ def from_dict(cls, data: dict | None, where: str = ""):
             f"unknown config key '{prefix}{unknown[0]}' (known keys here: {', '.join(names)})"
         )
     values = {}
-    for name in names:
-        if name in data:
-            values[name] = _coerce(data[name], types_by_name[name], f"{where}.{name}" if where else name)
+    for field in dataclasses.fields(cls):
+        if field.name in data:
+            key = f"{where}.{field.name}" if where else field.name
+            values[field.name] = _coerce(data[field.name], types_by_name[field.name], key)
+            check_bounds(values[field.name], field.metadata.get("bounds", {}), key)
     return cls(**values)
 
 
@@ -112,16 +150,38 @@ def load_yaml(cls, path: str | Path):
     import yaml
 
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_strict_loader())  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    except ConfigError as error:
+        raise ConfigError(f"{path}:{error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     try:
         return from_dict(cls, data)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def _strict_loader():
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error (line named),
+    instead of the last one silently winning."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise ConfigError(f"{key_node.start_mark.line + 1}: duplicate key '{key}'")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
 
 
 def save_yaml(config, path: str | Path) -> None:
@@ -152,14 +212,27 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: 
         base, _ = _unwrap_optional(kind)
         text = (f"{help_text} (default: {default})" if help_text else f"default: {default}").replace("%", "%%")
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
-        if base is bool:
-            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        if base is bool:  # `--x` and `--x true|false|yes|no|1|0` and `--no-x`
+            parser.add_argument(*flags, dest=name, nargs="?", const=True, type=parse_bool, metavar="BOOL",
+                                default=argparse.SUPPRESS, help=text)
+            parser.add_argument(*[f"--no-{flag[2:]}" for flag in flags], dest=name, action="store_false",
+                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         elif typing.get_origin(base) in (list, tuple):
             parser.add_argument(*flags, dest=name, nargs="+", default=argparse.SUPPRESS, help=text)
         elif typing.get_origin(base) is typing.Literal:
             parser.add_argument(*flags, dest=name, choices=typing.get_args(base), default=argparse.SUPPRESS, help=text)
         else:
             parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=text)
+
+
+def parse_bool(text: str) -> bool:
+    """A boolean flag's value as people write it: true/false, yes/no, on/off, 1/0 (any case)."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false (yes/no, 1/0), got {text!r}")
 
 
 def overrides_from_args(args: argparse.Namespace, cls, prefix: str = "") -> dict[str, Any]:

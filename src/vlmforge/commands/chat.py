@@ -24,11 +24,11 @@ class ChatConfig:
     batch: str = option("", "JSONL file of requests (records with messages + images) to answer")
     out: str = option("", "where --batch writes its answers (JSONL)")
     image_root: list[str] = option(help="folders that relative image paths of --batch are joined to", factory=list)
-    batch_size: int = option(8, "requests per generation batch")
-    max_new_tokens: int = option(256, "maximum tokens per answer")
-    temperature: float = option(0.0, "sampling temperature; 0 is greedy")
-    top_p: float = option(1.0, "nucleus sampling threshold")
-    seed: int | None = option(None, "random seed for sampling")
+    batch_size: int = option(8, "requests per generation batch", ge=1)
+    max_new_tokens: int = option(256, "maximum tokens per answer", ge=1)
+    temperature: float = option(0.0, "sampling temperature; 0 is greedy", ge=0)
+    top_p: float = option(1.0, "nucleus sampling threshold", gt=0, le=1)
+    seed: int | None = option(None, "random seed for sampling", ge=0, le=2**64 - 1)
     dtype: str = option("", "load the model in this dtype (float32, bfloat16); default: as saved")
     device: str = option("", "cpu, cuda, cuda:1, ...; default: cuda when available")
 
@@ -44,12 +44,23 @@ def run(args) -> int:
     from vlmforge.config import from_dict, overrides_from_args
 
     config = from_dict(ChatConfig, {**overrides_from_args(args, ChatConfig), "model": args.model})
+    images = _check_inputs(config)  # every mistake in the question shows before the model loads
     model, processor, options = _load(config)
     if config.batch:
         return _run_batch(config, model, processor, options)
     if config.prompt:
-        return _run_once(config, model, processor, options)
-    return _run_repl(config, model, processor, options)
+        return _run_once(config, model, processor, options, images)
+    return _run_repl(config, model, processor, options, images)
+
+
+def _check_inputs(config: ChatConfig) -> list:
+    """The --image files, decoded; a missing or broken one, or `<image>` typed in the prompt, is one line."""
+    from vlmforge.data.images import load_image
+    from vlmforge.infer.chat import check_question
+
+    if config.prompt:
+        check_question(config.prompt)
+    return [load_image(path) for path in config.image]
 
 
 def _load(config: ChatConfig):
@@ -65,29 +76,29 @@ def _load(config: ChatConfig):
     return model, processor, options
 
 
-def _session(config, model, processor, options):
-    from vlmforge.data.images import load_image
+def _session(config, model, processor, options, images):
     from vlmforge.infer.chat import ChatSession
 
     session = ChatSession(model, processor, options, system=config.system or None)
-    for path in config.image:
-        session.attach(load_image(path))
+    for image in images:
+        session.attach(image)
     return session
 
 
-def _run_once(config, model, processor, options) -> int:
-    session = _session(config, model, processor, options)
+def _run_once(config, model, processor, options, images) -> int:
+    session = _session(config, model, processor, options, images)
     for piece in session.ask(config.prompt):
         print(piece, end="", flush=True)
     print()
     return 0
 
 
-def _run_repl(config, model, processor, options) -> int:
+def _run_repl(config, model, processor, options, images) -> int:
     from vlmforge.data.images import load_image
     from vlmforge.errors import DataError
+    from vlmforge.infer.chat import check_question
 
-    session = _session(config, model, processor, options)
+    session = _session(config, model, processor, options, images)
     print(f"chatting with {config.model}. {REPL_HELP}")
     while True:
         try:
@@ -112,6 +123,11 @@ def _run_repl(config, model, processor, options) -> int:
             continue
         if line.startswith("/"):
             print(REPL_HELP)
+            continue
+        try:
+            check_question(line)
+        except DataError as error:
+            print(f"error: {error}", file=sys.stderr)
             continue
         print("vlm> ", end="", flush=True)
         for piece in session.ask(line):

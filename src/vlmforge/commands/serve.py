@@ -26,6 +26,7 @@ def run(args) -> int:
     if not overrides.get("api_key") and os.environ.get(API_KEY_ENV):
         overrides["api_key"] = os.environ[API_KEY_ENV]
     config = from_dict(ServeConfig, overrides)
+    config.validate()
 
     from vlmforge.infer.server import serve
 

@@ -10,8 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.data.images import load_image, resolve_image_path
+from vlmforge.errors import DataError
 from vlmforge.infer.generate import GenerationOptions, generate, stream
+
+
+def check_question(text: str) -> None:
+    """A typed `<image>` would become a placeholder with no image behind it: refuse it in one line."""
+    if IMAGE_PLACEHOLDER in text:
+        raise DataError(f"the question contains '{IMAGE_PLACEHOLDER}'; attach images with --image PATH "
+                        "(or /image PATH) instead: they are placed for you")
 
 
 class ChatSession:
@@ -34,6 +43,7 @@ class ChatSession:
 
     def ask(self, text: str) -> Iterator[str]:
         """Stream the answer to `text` (with any attached images); history is updated when done."""
+        check_question(text)
         parts = [{"type": "image"} for _ in self.pending_images] + [{"type": "text", "text": text}]
         self.messages.append({"role": "user", "content": parts})
         self.images.extend(self.pending_images)

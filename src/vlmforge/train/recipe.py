@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from vlmforge.config import ConfigError, load_yaml, option
+from vlmforge.config import ConfigError, check_config, load_yaml, option
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -26,13 +26,13 @@ class ModelSection:
 @dataclass
 class DataSection:
     paths: list[str] = option(help="JSONL files in the vlmforge record format", factory=list)
-    weights: list[float] = option(help="mixing weight per file (times seen per epoch); default 1 each", factory=list)
+    weights: list[float] = option(help="mixing weight per file (times seen per epoch); default 1 each", factory=list, ge=0)
     image_roots: list[str] = option(help="folders relative image paths are joined to", factory=list)
-    max_length: int = option(2048, "longest sequence in tokens, image tokens included")
+    max_length: int = option(2048, "longest sequence in tokens, image tokens included", ge=1)
     too_long: Literal["drop", "truncate"] = option("drop", "drop a too-long record, or truncate text after its last image")
-    max_bad_fraction: float = option(0.01, "stop the run when more than this fraction of samples is bad")
+    max_bad_fraction: float = option(0.01, "stop the run when more than this fraction of samples is bad", ge=0, le=1)
     group_by_length: bool = option(True, "batch records of similar length together (less padding)")
-    num_workers: int = option(0, "DataLoader worker processes (image decoding)")
+    num_workers: int = option(0, "DataLoader worker processes (image decoding)", ge=0)
 
 
 @dataclass
@@ -44,37 +44,37 @@ class TrainableSection:
 
 @dataclass
 class LoraSection:
-    rank: int = option(64, "LoRA rank")
-    alpha: float = option(128.0, "LoRA alpha (scale = alpha / rank)")
-    dropout: float = option(0.0, "LoRA dropout (costs ~16% on CPU; 0.05 is common on GPU)")
+    rank: int = option(64, "LoRA rank", ge=1)
+    alpha: float = option(128.0, "LoRA alpha (scale = alpha / rank)", gt=0)
+    dropout: float = option(0.0, "LoRA dropout (costs ~16% on CPU; 0.05 is common on GPU)", ge=0, lt=1)
     target_modules: list[str] = option(help="LLM module names to adapt; default: every linear layer of the LLM", factory=list)
 
 
 @dataclass
 class LearningRates:
-    projector: float = option(1e-4, "learning rate of the projector (starts untrained: larger)")
-    llm: float = option(3e-5, "learning rate of the LLM (LoRA or full)")
-    vision: float = option(1e-5, "learning rate of the vision tower when it is trained")
+    projector: float = option(1e-4, "learning rate of the projector (starts untrained: larger)", ge=0)
+    llm: float = option(3e-5, "learning rate of the LLM (LoRA or full)", ge=0)
+    vision: float = option(1e-5, "learning rate of the vision tower when it is trained", ge=0)
 
 
 @dataclass
 class TrainSection:
     output_dir: str = option("runs/vlm", "run folder: checkpoints, metrics.jsonl, curves.png, final model")
-    max_steps: int = option(1000, "optimizer steps")
-    batch_size: int = option(8, "samples per device per micro-step")
-    grad_accum: int = option(1, "micro-steps per optimizer step")
+    max_steps: int = option(1000, "optimizer steps", ge=1)
+    batch_size: int = option(8, "samples per device per micro-step", ge=1)
+    grad_accum: int = option(1, "micro-steps per optimizer step", ge=1)
     lr: LearningRates = option(help="learning rates per part", factory=LearningRates)
-    warmup_ratio: float = option(0.03, "fraction of steps of linear warm-up")
-    min_lr_ratio: float = option(0.0, "cosine decays to this fraction of the peak")
-    weight_decay: float = option(0.0, "AdamW weight decay (matrices only, never biases or norms)")
-    max_grad_norm: float = option(1.0, "gradient clipping; 0 disables")
+    warmup_ratio: float = option(0.03, "fraction of steps of linear warm-up", ge=0, lt=1)
+    min_lr_ratio: float = option(0.0, "cosine decays to this fraction of the peak", ge=0, le=1)
+    weight_decay: float = option(0.0, "AdamW weight decay (matrices only, never biases or norms)", ge=0)
+    max_grad_norm: float = option(1.0, "gradient clipping; 0 disables", ge=0)
     precision: Literal["auto", "bf16", "fp32"] = option("auto", "bf16 autocast where the hardware has it")
     gradient_checkpointing: bool = option(False, "recompute activations to save memory (~40% slower)")
     compile: bool = option(False, "torch.compile the model (slow first step; helps bf16)")
-    save_steps: int = option(500, "checkpoint every N steps (and at the end)")
-    save_total_limit: int = option(2, "keep the newest K checkpoints")
-    log_steps: int = option(10, "log every N steps")
-    seed: int = option(0, "seed for initialisation, data order and dropout")
+    save_steps: int = option(500, "checkpoint every N steps (and at the end)", ge=1)
+    save_total_limit: int = option(2, "keep the newest K checkpoints", ge=1)
+    log_steps: int = option(10, "log every N steps", ge=1)
+    seed: int = option(0, "seed for initialisation, data order and dropout", ge=0, le=2**63 - 1)
     nonfinite: Literal["skip", "stop"] = option("stop", "on a NaN/inf loss: skip the step or stop the run")
     tensorboard: bool = option(False, "also log to TensorBoard (needs the tensorboard package)")
     export: bool = option(True, "at the end, write a merged transformers model to OUTPUT_DIR/final")
@@ -84,10 +84,10 @@ class TrainSection:
 @dataclass
 class EvalSection:
     data: str = option("", "held-out JSONL evaluated during training (empty: no evaluation)")
-    every: int = option(0, "evaluate every N steps (0: only at the end)")
-    max_samples: int = option(200, "records evaluated each time")
-    max_new_tokens: int = option(64, "answer length during evaluation")
-    batch_size: int = option(16, "generation batch size")
+    every: int = option(0, "evaluate every N steps (0: only at the end)", ge=0)
+    max_samples: int = option(200, "records evaluated each time", ge=1)
+    max_new_tokens: int = option(64, "answer length during evaluation", ge=1)
+    batch_size: int = option(16, "generation batch size", ge=1)
 
 
 @dataclass
@@ -120,15 +120,10 @@ def load_recipe(name_or_path: str) -> Recipe:
 
 
 def validate_recipe(recipe: Recipe, need_data: bool = True) -> None:
-    """Checks that types alone cannot express; raises `ConfigError` with the key's name."""
-    train = recipe.train
-    for key in ("max_steps", "batch_size", "grad_accum", "save_steps", "log_steps", "save_total_limit"):
-        if getattr(train, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {getattr(train, key)}")
-    if not 0 <= train.warmup_ratio < 1:
-        raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
-    if recipe.trainable.llm == "lora" and recipe.lora.rank < 1:
-        raise ConfigError(f"lora.rank must be >= 1, got {recipe.lora.rank}")
+    """Checks between fields (one field's range is its `option(ge=..., ...)`, checked when the recipe is
+    read); raises `ConfigError` naming the key."""
+    check_config(recipe)
+    check_device(recipe.train.device, "train.device")
     if need_data and not recipe.data.paths:
         raise ConfigError("data.paths is empty: give one or more JSONL files (--data.paths a.jsonl b.jsonl)")
     if need_data and not recipe.model.path:
@@ -138,3 +133,25 @@ def validate_recipe(recipe: Recipe, need_data: bool = True) -> None:
     parts = recipe.trainable
     if parts.vision == "frozen" and parts.projector == "frozen" and parts.llm == "frozen":
         raise ConfigError("nothing to train: trainable.vision, .projector and .llm are all frozen")
+
+
+def check_device(device: str, key: str) -> None:
+    """An explicit device must exist here: `cuda` without a GPU would otherwise train on the CPU unasked."""
+    if not device:
+        return
+    import torch
+
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{key}: {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if chosen.type == "cpu":
+        return
+    backend = getattr(torch, chosen.type, None)
+    available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    if not available:
+        raise ConfigError(f"{key} is {device!r} but torch sees no {chosen.type} device here; "
+                          f"use --{key} cpu (or leave it empty to use an accelerator when present)")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if chosen.index is not None and chosen.index >= count:
+        raise ConfigError(f"{key} is {device!r} but there are only {count} {chosen.type} device(s)")
