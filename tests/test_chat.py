@@ -120,3 +120,25 @@ def test_cli_unreadable_image_is_one_line_exit_2(lively_vlm_dir, tmp_path, capsy
     assert main(["chat", str(lively_vlm_dir), "--image", str(tmp_path / "bad.jpg"), "--prompt", "hi"]) == 2
     err = capsys.readouterr().err
     assert "bad.jpg" in err and "undecodable" in err and "Traceback" not in err
+
+
+def test_cli_typed_image_placeholder_is_one_line_exit_2(lively_vlm_dir, capsys, monkeypatch):
+    assert main(["chat", str(lively_vlm_dir), "--prompt", "What is in <image>?"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "contains '<image>'" in err and "--image" in err
+    lines = iter(["look at <image>", "hi", "/quit"])  # the REPL says so and carries on
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", str(lively_vlm_dir), "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "contains '<image>'" in captured.err and captured.out.count("vlm> ") == 1
+
+
+def test_cli_checks_the_image_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    import vlmforge.model.load
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the image was checked")
+
+    monkeypatch.setattr(vlmforge.model.load, "load", no_loading)
+    assert main(["chat", str(tmp_path), "--image", str(tmp_path / "missing.png"), "--prompt", "hi"]) == 2
+    assert "missing.png: missing image" in capsys.readouterr().err
