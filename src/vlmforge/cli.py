@@ -19,6 +19,7 @@ from vlmforge.errors import VlmforgeError
 # name -> (module under vlmforge.commands, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("build", "join a vision model and an LLM into one VLM folder"),
+    "convert-llm": ("convert_llm", "convert an LLM that needs remote code (first-generation Qwen) to a native folder"),
     "data": ("data", "convert, check and synthesise datasets (convert | check | synth)"),
     "train": ("train", "train a VLM from a YAML recipe (resumable, multi-GPU)"),
     "recipes": ("recipes", "list or copy the shipped training recipes"),

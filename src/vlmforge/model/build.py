@@ -4,6 +4,13 @@ The result is exactly transformers' Llava family (vision tower → 2-layer GELU 
 `AutoModelForImageTextToText` / `AutoProcessor` load it natively, without vlmforge and without
 `trust_remote_code`. The LLM's tokenizer gains an `<image>` token (embeddings resized) and keeps its
 own chat template; the processor expands each `<image>` into as many tokens as the projector emits.
+That count is measured on the tower (see `parts.py`), and one forward of the composed model on a
+blank image runs before anything is returned, so a folder that cannot run is never written.
+
+`save_vlm` writes the checkpoint key layout of the Llava checkpoints published on the Hub
+(`language_model.model.*`, `language_model.lm_head.*`, `multi_modal_projector.*`,
+`vision_tower.vision_model.*` for CLIP / SigLIP towers): transformers 5 converts it on load, and
+engines that follow the published layout (vLLM, older transformers) read it as it is.
 
 Run: `vlmforge build --vision VISION_DIR --llm LLM_DIR --out my-vlm`
 """
@@ -11,14 +18,16 @@ Run: `vlmforge build --vision VISION_DIR --llm LLM_DIR --out my-vlm`
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vlmforge.config import option
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER, multimodal_chat_template
 from vlmforge.errors import ModelError
-from vlmforge.model.parts import (VisionPart, load_language_part, load_vision_part, read_language_config,
-                                  read_vision_config)
+from vlmforge.model.parts import (VisionPart, first_line, load_language_part, load_vision_part,
+                                  read_language_config, read_vision_config)
+from vlmforge.model.qwen1 import native_llm_path
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +36,13 @@ log = logging.getLogger(__name__)
 class BuildConfig:
     """How to compose the VLM; every field is a `vlmforge build` flag."""
 
-    vision: str = option("", "vision model folder or hub id (CLIP, SigLIP, other ViT backbones)")
+    vision: str = option("", "vision model folder or hub id (CLIP, SigLIP, DINOv2, ViT)")
     llm: str = option("", "causal LM folder or hub id (Qwen2/2.5/3, Llama, ...)")
     out: str = option("", "output folder")
     projector: str = option("mlp", "mlp (Linear → GELU → Linear) or linear")
     feature_layer: int | None = option(None, "vision hidden layer fed to the projector; default -2 for CLIP, -1 otherwise")
-    keep_cls: bool = option(False, "keep the CLS token of CLIP-like towers (dropped by default, as LLaVA does)")
+    keep_cls: bool = option(False, "keep the CLS token of towers that have one (CLIP, DINOv2, ViT; dropped by default, "
+                                   "as LLaVA does)")
     dtype: str = option("auto", "auto keeps the LLM's dtype; or float32 / bfloat16 / float16")
     seed: int = option(0, "seed for the projector's initialisation")
     images_after_text: bool = option(False, "chat template puts a user turn's images after its text (for data "
@@ -59,8 +69,11 @@ def add_image_token(tokenizer) -> int:
 
 
 def image_tokens_per_image(vision: VisionPart, keep_cls: bool) -> int:
-    """How many features (= `<image>` tokens) one image yields after feature selection."""
-    return vision.num_patches + (1 if vision.has_cls_token and keep_cls else 0)
+    """How many features (= `<image>` tokens) one image yields after feature selection.
+
+    Llava's "default" selection drops only the first token (CLS); registers stay as image tokens.
+    """
+    return vision.num_patches + vision.num_prefix_tokens - (1 if vision.has_cls_token and not keep_cls else 0)
 
 
 def make_llava_config(vision: VisionPart, llm_config, cfg: BuildConfig, image_token_id: int):
@@ -97,7 +110,7 @@ def make_processor(vision: VisionPart, tokenizer, cfg: BuildConfig):
         vision_feature_select_strategy="default" if drop_cls else "full",
         chat_template=multimodal_chat_template(tokenizer.chat_template, cfg.images_after_text),
         image_token=IMAGE_PLACEHOLDER,
-        num_additional_image_tokens=1 if vision.has_cls_token else 0,
+        num_additional_image_tokens=vision.num_prefix_tokens,
     )
 
 
@@ -125,6 +138,7 @@ def build_vlm(cfg: BuildConfig):
     if not cfg.vision or not cfg.llm:
         raise ModelError("both a vision model (--vision) and a language model (--llm) are needed")
     read_vision_config(cfg.vision)  # fail fast on a wrong folder, before loading any weights
+    cfg = replace(cfg, llm=native_llm_path(cfg.llm))  # first-generation Qwen: converted to Qwen2 (cached)
     read_language_config(cfg.llm)
     torch.manual_seed(cfg.seed)
     llm, tokenizer = load_language_part(cfg.llm)
@@ -141,11 +155,39 @@ def build_vlm(cfg: BuildConfig):
     vlm.config.pad_token_id = tokenizer.pad_token_id
     vlm.generation_config.pad_token_id = tokenizer.pad_token_id
     vlm.generation_config.eos_token_id = _eos_ids(tokenizer, llm)
+    processor = make_processor(vision, tokenizer, cfg)
+    check_forward(vlm.eval(), processor, vision.model_type)
     log.info(
         "built %s + %s: %d image tokens per image, projector %s, %s",
-        vision.model.config.model_type, llm_config.model_type, llava_config.image_seq_length, cfg.projector, dtype,
+        vision.model_type, llm_config.model_type, llava_config.image_seq_length, cfg.projector, dtype,
     )
-    return vlm.eval(), make_processor(vision, tokenizer, cfg)
+    return vlm, processor
+
+
+def check_forward(vlm, processor, tower_type: str) -> None:
+    """One forward of the composed model on a blank image with a templated prompt; `ModelError` if it fails.
+
+    The image-token count the processor writes must equal the config's `image_seq_length` (what
+    training plans with) and the features the tower + projector make (what the fusion checks).
+    """
+    import torch
+    from PIL import Image
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]
+    try:
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(text=text, images=[Image.new("RGB", (64, 48))], return_tensors="pt")
+        tokens = int((inputs["input_ids"] == vlm.config.image_token_id).sum())
+        if tokens != vlm.config.image_seq_length:
+            raise ValueError(f"the processor writes {tokens} image tokens, the config plans {vlm.config.image_seq_length}")
+        inputs["pixel_values"] = inputs["pixel_values"].to(vlm.dtype)
+        with torch.no_grad():
+            logits = vlm(**inputs).logits  # (1, T, V)
+    except Exception as error:  # whatever breaks here would break the saved folder's first use
+        raise ModelError(f"a Llava model with the '{tower_type}' vision tower cannot run: {first_line(error)}") from None
+    if tuple(logits.shape[:2]) != tuple(inputs["input_ids"].shape):
+        raise ModelError(f"a Llava model with the '{tower_type}' vision tower cannot run: logits {tuple(logits.shape)} "
+                         f"for input ids {tuple(inputs['input_ids'].shape)}")
 
 
 def _eos_ids(tokenizer, llm) -> list[int]:
@@ -158,10 +200,37 @@ def _eos_ids(tokenizer, llm) -> list[int]:
 
 
 def save_vlm(model, processor, out: str | Path) -> Path:
-    """Save model + processor into `out`, written to a temporary folder and renamed when complete."""
+    """Save model + processor into `out` in the published Llava key layout, atomically.
+
+    Written to a temporary folder and renamed when complete. Every folder vlmforge writes (build,
+    export, the demo) goes through here, so all of them share one layout.
+    """
     from vlmforge.utils.atomic import atomic_directory
 
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out) as tmp, _published_layout(model):
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     return Path(out)
+
+
+@contextmanager
+def _published_layout(model):
+    """Make `save_pretrained` write the key layout of the Llava checkpoints on the Hub.
+
+    `save_pretrained` reverts the load-time key conversions it knows the model went through; a model
+    composed in memory (or loaded from a folder in the new layout) has none recorded, so the
+    towers' `vision_model.` prefix would be left out. Recording transformers' full conversion
+    mapping for the model's classes makes the revert complete; loading converts it back.
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping
+
+    missing = object()
+    recorded = getattr(model, "_weight_conversions", missing)
+    model._weight_conversions = get_model_conversion_mapping(model, add_legacy=False)
+    try:
+        yield
+    finally:
+        if recorded is missing:
+            del model._weight_conversions
+        else:
+            model._weight_conversions = recorded
