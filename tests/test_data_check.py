@@ -74,7 +74,8 @@ def test_with_model_lengths_after_image_expansion_and_too_long(tmp_path, planted
     too_long = {p.line for p in report.problems if p.kind == "too-long"}
     assert too_long and too_long <= {1, 2, 3, 4, 5, 12, 14, 15}
     assert report.over_max_length == len(too_long)
-    assert "over --max-length 60" in format_check_report(report)
+    expected = f"{len(too_long)} of 8 records are longer than --max-length = 60 tokens (longest: {report.lengths['max']})"
+    assert expected in format_check_report(report)
 
 
 def test_option_errors(tmp_path, planted):

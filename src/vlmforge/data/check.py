@@ -14,6 +14,7 @@ records over `max_length`. Each distinct image file is decoded once, in a thread
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -110,6 +111,7 @@ def _check_file(path: Path, options: CheckOptions, model: _ModelView | None, rep
         source = record.get("source") if isinstance(record.get("source"), str) else path.stem
         stats = report.sources.setdefault(source, SourceStats())
         problems = [problem.at(path, line) for problem in validate_record(record)]
+        problems += [problem.at(path, line) for problem in _control_text(record, model)] if not problems else []
         _count_record(record, stats)
         for image in _image_paths(record):
             image_users[str(resolve_image_path(image, roots))].append((source, str(path), line))
@@ -121,6 +123,30 @@ def _check_file(path: Path, options: CheckOptions, model: _ModelView | None, rep
     if line_problems:  # unreadable lines have no source of their own: the file's default one counts them
         report.sources.setdefault(path.stem, SourceStats()).problems += len(line_problems)
     report.problems += line_problems
+
+
+# Control tokens of common chat templates (ChatML, Llama 3, Phi, ... `<|name|>`; Gemma's turn markers);
+# with --model, the model's own special tokens are looked for instead.
+_CONTROL_TEXT = re.compile(r"<\|[A-Za-z0-9_.:\-]{1,40}\|>|<(?:start|end)_of_turn>")
+
+
+def _control_text(record: dict, model: _ModelView | None) -> list[Problem]:
+    """A `control-token` problem per message whose text holds a chat template's control-token text.
+
+    Training and serving encode such text as plain text (it can never forge a turn), but in data it
+    is almost always a scraping accident or an injection attempt, so it is reported.
+    """
+    from vlmforge.data.tokenize import control_tokens, find_control_text
+
+    tokens = control_tokens(model.tokenizer) if model is not None else None
+    problems = []
+    for index, message in enumerate(record["messages"]):
+        text = message["content"]
+        found = find_control_text(text, tokens) if tokens is not None else (_CONTROL_TEXT.search(text) or [None])[0]
+        if found:
+            problems.append(Problem("control-token", f"message {index} holds the control-token text {found!r}; "
+                                    "it is trained as plain text, never as a turn marker, but check where it came from"))
+    return problems
 
 
 def _image_paths(record: dict) -> list[str]:
@@ -226,7 +252,10 @@ def format_check_report(report: CheckReport, max_problems: int = 30) -> str:
         spread = ", ".join(f"{key} {value}" for key, value in report.lengths.items())
         lines.append(f"tokens per record ({report.image_tokens_per_image} per image): {spread}")
     if report.max_length is not None:
-        lines.append(f"over --max-length {report.max_length}: {report.over_max_length}")
+        from vlmforge.data.token_lengths import too_long_message
+
+        measured, longest = (report.lengths["count"], report.lengths["max"]) if report.lengths else (0, 0)
+        lines.append(too_long_message(report.over_max_length, measured, report.max_length, longest, "--max-length", "records"))
     if report.ok:
         lines.append("no problems found")
         return "\n".join(lines)

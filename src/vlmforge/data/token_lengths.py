@@ -8,6 +8,10 @@ Here the message contents of each file are tokenised in large batches by the fas
 chat template's own tokens are added once per role sequence (measured on a stand-in conversation
 with the same roles), and each image adds `num_image_tokens`. The result is within a token or two
 of `encode_conversation`'s length, without rendering the template for every record.
+
+`check_lengths_fit` is the trainer's pre-flight on those lengths: a run whose `max_length` leaves
+more samples out than the bad-sample budget allows, or leaves a step with nothing to train on,
+stops before step 1 with one line saying how many samples are too long and the longest one.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
-from vlmforge.data.records import text_problem
+from vlmforge.data.records import parse_line, text_problem, validate_record
 from vlmforge.data.tokenize import encode_conversation
+from vlmforge.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +113,110 @@ def dataset_token_lengths(dataset, tokenizer, image_token: str, num_image_tokens
     lengths = flat[starts[dataset.file_ids] + dataset.rows]
     log.info("token lengths of %d samples in %.1f s", len(lengths), time.perf_counter() - started)
     return lengths
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-flight: nothing trains on nothing
+
+_BOUNDARY_SLACK = 4  # the near-exact lengths can be off by a token or two: samples this close are encoded exactly
+_MAX_EXACT = 2000  # at most this many samples are encoded exactly (a few seconds)
+
+
+@dataclass
+class LengthFit:
+    """How many samples `max_length` leaves out (dropped, or truncated to nothing) and the longest one."""
+
+    total: int
+    left_out: int
+    longest: int
+    max_length: int
+    estimated: bool = False  # True when the truncation outcome was measured on a sample of them
+
+
+def too_long_message(left_out: int, total: int, max_length: int, longest: int, name: str = "data.max_length",
+                     noun: str = "samples") -> str:
+    """The one line that says how many samples are too long and why, shared by `train` and `data check`."""
+    return f"{left_out} of {total} {noun} are longer than {name} = {max_length} tokens (longest: {longest})"
+
+
+def check_lengths_fit(dataset, tokenizer, image_token: str, num_image_tokens: int, max_length: int,
+                      too_long: str = "drop", lengths: np.ndarray | None = None, batches: Sequence = (),
+                      name: str = "data.max_length") -> LengthFit:
+    """Stop a run before step 1 when `max_length` leaves it (or one of its steps) with nothing to train on.
+
+    Raises `DataError` with one line when more samples are too long (dropped, or with
+    `too_long="truncate"` cut to nothing) than the dataset's bad-sample budget tolerates, or when
+    every sample of one of `batches` (global batches of dataset indices) is. `lengths` are the
+    near-exact token lengths of `dataset_token_lengths` (computed here when not given); samples
+    within a few tokens of the limit, and over-long ones under "truncate", are encoded exactly.
+    """
+    lengths = np.asarray(lengths if lengths is not None else dataset_token_lengths(dataset, tokenizer, image_token, num_image_tokens))
+    fit, left_out = _left_out(dataset, lengths, tokenizer, image_token, num_image_tokens, max_length, too_long)
+    limit = dataset.budget.limit(len(dataset))
+    reason = ("about " if fit.estimated else "") + too_long_message(fit.left_out, fit.total, max_length, fit.longest, name)
+    reason += " and cannot be truncated to fit" if too_long == "truncate" and max_length >= 1 else ""
+    advice = (f"{name} must be a positive number of tokens" if max_length < 1 else
+              f"raise {name} or shorten those samples (`vlmforge data check --max-length {max_length}` lists them)")
+    if fit.left_out > limit:
+        raise DataError(f"{reason}; the bad-sample budget allows {limit}, so the run would train on too little: {advice}")
+    for step, batch in enumerate(batches, start=1):
+        if len(batch) and left_out[np.asarray(batch)].all():
+            raise DataError(f"step {step} would train on nothing (all {len(batch)} of its samples are too long); "
+                            f"{reason}: {advice}")
+    return fit
+
+
+def _left_out(dataset, lengths: np.ndarray, tokenizer, image_token: str, num_image_tokens: int, max_length: int,
+              too_long: str) -> tuple[LengthFit, np.ndarray]:
+    """(summary, (len,) bool mask of the samples `max_length` leaves out)."""
+    total = len(lengths)
+    longest = _exact_length(dataset, int(lengths.argmax()), tokenizer, image_token, num_image_tokens, int(lengths.max())) if total else 0
+    if max_length < 1:
+        return LengthFit(total, total, longest, max_length), np.ones(total, dtype=bool)
+    left_out = lengths > max_length
+    uncertain = np.abs(lengths - max_length) <= _BOUNDARY_SLACK
+    if too_long == "truncate":
+        uncertain |= left_out
+    indices = np.flatnonzero(uncertain)
+    rng = np.random.default_rng(0)
+    measured = np.sort(rng.choice(indices, _MAX_EXACT, replace=False)) if len(indices) > _MAX_EXACT else indices
+    for index in measured:
+        outcome = _exact_left_out(dataset, int(index), tokenizer, image_token, num_image_tokens, max_length, too_long)
+        left_out[index] = left_out[index] if outcome is None else outcome
+    estimated = len(measured) < len(indices)
+    count = int(left_out.sum())
+    if estimated:  # scale what the sample showed to every uncertain sample
+        unmeasured = np.setdiff1d(indices, measured)
+        share = float(left_out[measured].mean()) if len(measured) else 0.0
+        count = int(left_out.sum() - left_out[unmeasured].sum() + round(share * len(unmeasured)))
+    return LengthFit(total, count, longest, max_length, estimated), left_out
+
+
+def _exact_left_out(dataset, index: int, tokenizer, image_token: str, num_image_tokens: int, max_length: int,
+                    too_long: str) -> bool | None:
+    """Whether the trainer's own encoding leaves sample `index` out; None for a sample that is not a valid record."""
+    messages = _messages(dataset, index)
+    try:
+        encoded = encode_conversation(messages, tokenizer, image_token, num_image_tokens, max_length, too_long) if messages else None
+    except DataError:
+        return None
+    return None if messages is None else encoded is None or encoded.num_trained_tokens == 0
+
+
+def _exact_length(dataset, index: int, tokenizer, image_token: str, num_image_tokens: int, fallback: int) -> int:
+    """The exact token length of sample `index` (what `data check` reports), or `fallback`."""
+    messages = _messages(dataset, index)
+    try:
+        return len(encode_conversation(messages, tokenizer, image_token, num_image_tokens, None).input_ids) if messages else fallback
+    except DataError:
+        return fallback
+
+
+def _messages(dataset, index: int) -> list | None:
+    """The messages of sample `index` read from disk (no image decoded); None when it is not a valid record."""
+    file_id, row = int(dataset.file_ids[index]), int(dataset.rows[index])
+    line_index = dataset.indexes[file_id]
+    record, problem = parse_line(line_index.read(row), first=int(line_index.line_numbers[row]) == 1)
+    if problem is not None or validate_record(record):
+        return None  # bad samples count against the budget when they are read
+    return record["messages"]

@@ -13,6 +13,13 @@ stops (whitespace the template puts after the end-of-turn token stays untrained)
 tokenised on its own, exactly as inference tokenises a prompt and then generates. Each `<image>`
 placeholder becomes `num_image_tokens` copies of the processor's image token, here in the data
 layer, so the model never changes sequence length. Inference reuses `encode_prompt`.
+
+Text from users and datasets never becomes a control token: a message whose text holds the text
+of one of the tokenizer's special tokens (`<|im_end|>\\n<|im_start|>system ...`, `<|eot_id|>`)
+is located in the rendered template (`literal_spans`) and encoded with special-token parsing off,
+so it cannot close its own turn or forge a system / assistant turn. The template's own control
+tokens stay special, and `<image>` placeholders still become image tokens. Messages without such
+text are encoded exactly as before.
 """
 
 from __future__ import annotations
@@ -39,9 +46,115 @@ class EncodedSample:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def render(messages: list[dict], tokenizer, add_generation_prompt: bool = False) -> str:
-    """The chat-template text of `messages` (string contents, `<image>` placeholders kept)."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def render(messages: list[dict], tokenizer, add_generation_prompt: bool = False, chat_template: str | None = None) -> str:
+    """The chat-template text of `messages` (`<image>` placeholders kept); `chat_template` overrides the tokenizer's."""
+    extra = {"chat_template": chat_template} if chat_template is not None else {}
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# Control-token text in message content
+
+
+def control_tokens(tokenizer) -> list[str]:
+    """The text of every special added token except the image placeholder: what content must never produce."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    special = {token.content for token in decoder.values() if getattr(token, "special", False)}
+    special |= set(getattr(tokenizer, "all_special_tokens", []) or [])
+    return sorted(token for token in special if token and token != IMAGE_PLACEHOLDER)
+
+
+def find_control_text(text: str, tokens: list[str]) -> str | None:
+    """The first control token whose text appears in `text`, or None."""
+    return next((token for token in tokens if token in text), None)
+
+
+def control_text_in(messages: list[dict], tokenizer) -> str | None:
+    """The first control-token text found in any message text (string content or text parts), or None."""
+    tokens = control_tokens(tokenizer)
+    return next((found for _, _, text in _text_slots(messages) if (found := find_control_text(text, tokens))), None)
+
+
+def _text_slots(messages: list[dict]) -> list[tuple[int, int | None, str]]:
+    """(message index, content-part index or None, text) of every piece of message text."""
+    slots = []
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        if isinstance(content, str):
+            slots.append((index, None, content))
+        elif isinstance(content, list):
+            slots += [(index, part_index, part["text"]) for part_index, part in enumerate(content)
+                      if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)]
+    return slots
+
+
+def _with_text(messages: list[dict], index: int, part: int | None, text: str) -> list[dict]:
+    """A copy of `messages` where one piece of text is replaced."""
+    copied = [dict(message) for message in messages]
+    if part is None:
+        copied[index]["content"] = text
+    else:
+        copied[index]["content"] = [dict(piece) for piece in copied[index]["content"]]
+        copied[index]["content"][part]["text"] = text
+    return copied
+
+
+def literal_spans(messages: list[dict], tokenizer, full: str, add_generation_prompt: bool = False,
+                  chat_template: str | None = None) -> list[tuple[int, int]]:
+    """Character spans of `full` (the rendered conversation) holding message text with control-token text.
+
+    Each such text is swapped for a private-use marker and the template rendered again: where a
+    marker lands, the text stands in `full` (as is, or stripped by a template that trims). A template
+    that rewrites such a text some other way gets a `DataError`: it cannot be encoded safely.
+    """
+    tokens = control_tokens(tokenizer)
+    risky = [(index, part, text) for index, part, text in _text_slots(messages) if find_control_text(text, tokens)]
+    if not risky:
+        return []
+    marked = messages
+    for number, (index, part, _) in enumerate(risky):
+        marked = _with_text(marked, index, part, f"\ue000{number}\ue001")
+    template_text = render(marked, tokenizer, add_generation_prompt, chat_template)
+    spans, position, cursor = [], 0, 0
+    for number, (index, _, text) in enumerate(risky):
+        marker = f"\ue000{number}\ue001"
+        at = template_text.find(marker, cursor)
+        before = template_text[cursor:at]
+        if at < 0 or not full.startswith(before, position):
+            raise _unsafe(index, text, tokens)
+        position += len(before)
+        placed = next((candidate for candidate in (text, text.strip()) if full.startswith(candidate, position)), None)
+        if placed is None:
+            raise _unsafe(index, text, tokens)
+        spans.append((position, position + len(placed)))
+        position, cursor = position + len(placed), at + len(marker)
+    if full[position:] != template_text[cursor:]:
+        raise _unsafe(risky[-1][0], risky[-1][2], tokens)
+    return spans
+
+
+def _unsafe(index: int, text: str, tokens: list[str]) -> DataError:
+    token = find_control_text(text, tokens)
+    return DataError(f"message {index} holds the control-token text {token!r} and the chat template rewrites it, "
+                     "so it cannot be encoded as plain text; remove it from the data")
+
+
+def _split_literal(segments: list[tuple[str, bool]], spans: list[tuple[int, int]]) -> list[tuple[str, bool, bool]]:
+    """Cut `(text, trained)` pieces of the rendered text at `spans`: `(text, trained, literal)` pieces."""
+    cuts = sorted({edge for span in spans for edge in span})
+    pieces, start = [], 0
+    for text, trained in segments:
+        end = start + len(text)
+        edges = [start] + [cut for cut in cuts if start < cut < end] + [end]
+        for left, right in zip(edges, edges[1:]):
+            literal = any(low <= left and right <= high for low, high in spans)
+            pieces.append((text[left - start:right - start], trained, literal))
+        start = end
+    return [piece for piece in pieces if piece[0] or piece[1]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering and encoding
 
 
 def conversation_segments(messages: list[dict], tokenizer) -> list[tuple[str, bool]]:
@@ -86,16 +199,48 @@ def token_id_of(tokenizer, token: str) -> int:
     return ids[0]
 
 
-def _encode_text(text: str, tokenizer, image_token_id: int, num_image_tokens: int) -> tuple[list[int], int]:
-    """Token ids of `text` with each placeholder expanded; returns (ids, number of images)."""
+def _encode_text(text: str, tokenizer, image_token_id: int, num_image_tokens: int,
+                 literal: bool = False) -> tuple[list[int], int]:
+    """Token ids of `text` with each placeholder expanded; returns (ids, number of images).
+
+    `literal` text (message text holding control-token text) is encoded with special-token parsing
+    off; a tokenizer that ignores that request gets a `DataError` rather than forged turns.
+    """
     pieces = text.split(IMAGE_PLACEHOLDER)
     ids: list[int] = []
     for index, piece in enumerate(pieces):
         if index:
             ids += [image_token_id] * num_image_tokens
-        if piece:
+        if piece and literal:
+            ids += _encode_plain(piece, tokenizer)
+        elif piece:
             ids += tokenizer.encode(piece, add_special_tokens=False)
     return ids, len(pieces) - 1
+
+
+def _encode_plain(text: str, tokenizer) -> list[int]:
+    ids = tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+    special_ids = {tokenizer.convert_tokens_to_ids(token) for token in control_tokens(tokenizer)}
+    if special_ids & set(ids):
+        raise DataError("this tokenizer cannot encode control-token text as plain text (split_special_tokens); "
+                        "remove such text from the data")
+    return ids
+
+
+def _encode_pieces(pieces: list[tuple[str, bool, bool]], tokenizer, image_token_id: int,
+                   num_image_tokens: int) -> tuple[list[int], list[int], int]:
+    """(input ids, labels, number of images) of `(text, trained, literal)` pieces."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    num_images = 0
+    for text, trained, literal in pieces:
+        ids, images = _encode_text(text, tokenizer, image_token_id, num_image_tokens, literal)
+        if trained and images:
+            raise DataError(f"an assistant turn holds {IMAGE_PLACEHOLDER}; only user turns may")
+        input_ids += ids
+        labels += ids if trained else [IGNORE_INDEX] * len(ids)
+        num_images += images
+    return input_ids, labels, num_images
 
 
 def encode_conversation(
@@ -115,19 +260,14 @@ def encode_conversation(
     if too_long not in TOO_LONG_POLICIES:
         raise DataError(f"unknown too-long policy {too_long!r} (use {' or '.join(TOO_LONG_POLICIES)})")
     image_token_id = token_id_of(tokenizer, image_token)
-    input_ids: list[int] = []
-    labels: list[int] = []
-    num_images = 0
-    for text, trained in conversation_segments(record_messages, tokenizer):
-        ids, images = _encode_text(text, tokenizer, image_token_id, num_image_tokens)
-        if trained and images:
-            raise DataError(f"an assistant turn holds {IMAGE_PLACEHOLDER}; only user turns may")
-        input_ids += ids
-        labels += ids if trained else [IGNORE_INDEX] * len(ids)
-        num_images += images
-    sample = EncodedSample(input_ids, labels, num_images)
-    if max_length is None or len(input_ids) <= max_length:
+    segments = conversation_segments(record_messages, tokenizer)
+    spans = literal_spans(record_messages, tokenizer, "".join(text for text, _ in segments))
+    pieces = _split_literal(segments, spans)
+    sample = EncodedSample(*_encode_pieces(pieces, tokenizer, image_token_id, num_image_tokens))
+    if max_length is None or len(sample.input_ids) <= max_length:
         return sample
+    if max_length < 1:
+        return None  # nothing fits (and a negative slice would cut from the end)
     return _truncate(sample, max_length, image_token_id) if too_long == "truncate" else None
 
 
@@ -140,10 +280,17 @@ def _truncate(sample: EncodedSample, max_length: int, image_token_id: int) -> En
     return cut if cut.num_trained_tokens else None
 
 
-def encode_prompt(messages: list[dict], tokenizer, image_token: str, num_image_tokens: int) -> list[int]:
-    """Token ids of a prompt for generation: the template with the generation prompt, images expanded."""
-    text = render(messages, tokenizer, add_generation_prompt=True)
-    ids, _ = _encode_text(text, tokenizer, token_id_of(tokenizer, image_token), num_image_tokens)
+def encode_prompt(messages: list[dict], tokenizer, image_token: str, num_image_tokens: int,
+                  chat_template: str | None = None) -> list[int]:
+    """Token ids of a prompt for generation: the template with the generation prompt, images expanded.
+
+    Message text is encoded as training encodes it (control-token text stays plain text);
+    `chat_template` (e.g. the processor's, which also takes content parts) overrides the tokenizer's.
+    """
+    text = render(messages, tokenizer, add_generation_prompt=True, chat_template=chat_template)
+    spans = literal_spans(messages, tokenizer, text, add_generation_prompt=True, chat_template=chat_template)
+    ids, _, _ = _encode_pieces(_split_literal([(text, False)], spans), tokenizer,
+                               token_id_of(tokenizer, image_token), num_image_tokens)
     return ids
 
 

@@ -1,7 +1,9 @@
 """Generation for any vlmforge model: batched with left padding, streamed, greedy or sampled.
 
 Prompts are rendered with the processor's chat template and images go through the processor's
-image processor: the same rendering and preprocessing the data layer trains with.
+image processor: the same rendering and preprocessing the data layer trains with. A conversation
+whose text holds control-token text (`<|im_end|>`, `<|eot_id|>`, ...) is tokenised by the data
+layer's `encode_prompt`, which keeps such text plain, so a user can never forge a turn.
 """
 
 from __future__ import annotations
@@ -64,7 +66,37 @@ def prepare_inputs(processor, conversations: list[list[dict]], images: list[list
     texts = render_prompts(processor, conversations, images)
     flat_images = [image for conversation_images in images for image in conversation_images]
     processor.tokenizer.padding_side = "left"
-    return processor(text=texts, images=flat_images or None, padding=True, return_tensors="pt")
+    batch = processor(text=texts, images=flat_images or None, padding=True, return_tensors="pt")
+    return _keep_control_text_plain(batch, processor, conversations, images)
+
+
+def _keep_control_text_plain(batch, processor, conversations: list[list[dict]], images: list[list]):
+    """Re-tokenise (left padded) the rows whose message text holds control-token text, as training does.
+
+    The processor parses special tokens inside the rendered text, so `<|im_end|>` typed by a user
+    would close the turn; `encode_prompt` encodes message text with special-token parsing off.
+    """
+    from vlmforge.data.tokenize import control_text_in, encode_prompt
+
+    risky = [row for row, messages in enumerate(conversations) if control_text_in(messages, processor.tokenizer)]
+    if not risky:
+        return batch
+    import torch
+
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    rows = []
+    for row, (ids, mask) in enumerate(zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())):
+        ids = [token for token, keep in zip(ids, mask) if keep]
+        if row in risky:
+            per_image = ids.count(image_id) // max(len(images[row]), 1)
+            ids = encode_prompt(conversations[row], processor.tokenizer, processor.image_token, per_image,
+                                chat_template=getattr(processor, "chat_template", None))
+        rows.append(ids)
+    width = max(len(ids) for ids in rows)
+    pad = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
+    batch["input_ids"] = torch.tensor([[pad] * (width - len(ids)) + ids for ids in rows])  # (B, T) left padded
+    batch["attention_mask"] = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows])  # (B, T)
+    return batch
 
 
 def _generate_kwargs(model, processor, options: GenerationOptions) -> dict:

@@ -150,6 +150,10 @@ class Trainer:
         if self.plan.steps_per_epoch() == 0:
             raise VlmforgeError(f"{len(self.dataset)} samples cannot fill one global batch of {self.plan.global_batch} "
                                 "(batch_size × grad_accum × processes): lower the batch size or add data")
+        from vlmforge.data.token_lengths import check_lengths_fit  # nothing trains on nothing: stop before step 1
+
+        check_lengths_fit(self.dataset, self.processor.tokenizer, self.processor.image_token, num_image_tokens, data.max_length,
+                          data.too_long, lengths if data.group_by_length else None, self.plan.epoch_batches(0))
         collator = Collator(self.processor, num_image_tokens, data.max_length, data.too_long)
         self.step_batches = StepBatches(self.dataset, self.plan, collator, self.accelerator.process_index, world, train.grad_accum)
 
