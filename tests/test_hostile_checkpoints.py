@@ -1,0 +1,162 @@
+"""Hostile and clumsy run folders (issues 19 and 20): what a user sees through the CLI.
+
+Every scenario ends in either a run that goes on (with one line saying what was skipped) or one
+`error:` line and exit 2, never a traceback. The toy-model versions, and the damage kinds one by
+one, are in test_checkpoint_integrity.py.
+"""
+
+import errno
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from train_helpers import tiny_recipe, write_colour_dataset
+from vlmforge.cli import main
+from vlmforge.config import save_yaml
+from vlmforge.train.checkpoint import checkpoint_problem, write_manifest
+from vlmforge.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_colour_dataset(tmp_path_factory.mktemp("colours"))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_vlm_dir, data, tmp_path_factory):
+    """A finished 4-step run with checkpoint-2 and checkpoint-4."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(tiny_recipe(tiny_vlm_dir, data, run, max_steps=4, save_steps=2, save_total_limit=3))
+    return run
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A copy of the trained run folder, free to damage."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy, symlinks=True)
+    return copy
+
+
+def _train(run, capsys, *flags):
+    code = main(["train", str(run / "recipe.yaml"), "--train.output_dir", str(run), *flags])
+    return code, _error_lines(capsys)
+
+
+def _error_lines(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return re.findall(r"error: [^\r\n]*", err)  # (an open progress bar may precede it on its line)
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _dead_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_resume_skips_a_damaged_newest_checkpoint_and_repairs_the_run_folder(run, capsys, caplog):
+    _truncate(run / "checkpoint-4" / "trainable.safetensors")
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 5, "loss": 0.')  # a killed run's half-written line
+    leftover = run / f".checkpoint-6.tmp-{_dead_pid()}"
+    leftover.mkdir()
+    (leftover / "optimizer.pt").write_bytes(b"\0" * 1000)
+    with caplog.at_level(logging.INFO, logger="vlmforge"):
+        code, errors = _train(run, capsys, "--resume")
+    assert code == 0 and errors == []
+    damaged = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert damaged == [damaged[0]] and "checkpoint-4 is damaged (trainable.safetensors has" in damaged[0]
+    assert "resuming from checkpoint-2" in damaged[0]
+    assert any("resumed from" in r.getMessage() and "(step 2)" in r.getMessage() for r in caplog.records)
+    assert checkpoint_problem(run / "checkpoint-4") is None  # written again by the resumed run
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert not leftover.exists()
+
+
+def test_resume_with_no_intact_checkpoint_is_one_line(run, capsys):
+    _truncate(run / "checkpoint-4" / "trainable.safetensors", 0)
+    (run / "checkpoint-2" / "rng.pt").unlink()
+    code, errors = _train(run, capsys, "--resume")
+    assert code == 2 and len(errors) == 1
+    assert "no intact checkpoint" in errors[0] and "checkpoint-2 is damaged (rng.pt is missing)" in errors[0]
+
+
+@pytest.mark.parametrize("flags, named", [(("--lora.rank", "8"), "lora.rank = 4, this run has 8"),
+                                          (("--trainable.projector", "frozen"), "trainable.projector = 'full', this run has 'frozen'"),
+                                          (("--lora.target_modules", "q_proj"), "lora.target_modules = [], this run has ['q_proj']")])
+def test_resume_with_an_incompatible_recipe_names_the_difference(run, capsys, flags, named):
+    code, errors = _train(run, capsys, "--resume", *flags)
+    assert code == 2 and len(errors) == 1 and named in errors[0], errors
+
+
+def test_resume_refuses_tensors_of_another_shape_even_when_the_recipe_was_edited(run, capsys):
+    """Someone edited the saved recipe.yaml (and its manifest) to rank 8: the shapes still say 4."""
+    (run / "checkpoint-4" / "recipe.yaml").write_text((run / "checkpoint-4" / "recipe.yaml").read_text().replace("rank: 4", "rank: 8"))
+    write_manifest(run / "checkpoint-4")
+    code, errors = _train(run, capsys, "--resume", "--lora.rank", "8")
+    assert code == 2 and len(errors) == 1
+    assert "in checkpoint-4 but" in errors[0] and "lora.rank" in errors[0]
+
+
+class Payload:
+    pass
+
+
+def test_resume_with_a_pickled_optimizer_file_says_what_to_do(run, capsys):
+    with open(run / "checkpoint-4" / "optimizer.pt", "wb") as handle:
+        pickle.dump({"state": Payload()}, handle, protocol=2)
+    write_manifest(run / "checkpoint-4")
+    code, errors = _train(run, capsys, "--resume")
+    assert code == 2 and len(errors) == 1
+    assert "optimizer.pt holds pickled Python objects" in errors[0] and "Resume from another checkpoint" in errors[0]
+
+
+def test_disk_full_while_saving_stops_in_one_line_and_resume_continues(tiny_vlm_dir, data, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "full"
+    recipe = tmp_path / "recipe.yaml"
+    save_yaml(tiny_recipe(tiny_vlm_dir, data, run, max_steps=4, save_steps=2), recipe)
+    real, calls = torch.save, {"n": 0}
+
+    def fills_up_at_checkpoint_4(obj, handle, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= 2:  # checkpoint-2: optimizer.pt, rng.pt
+            return real(obj, handle, *args, **kwargs)
+        handle.write(b"\0" * 4096)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", fills_up_at_checkpoint_4)
+    assert main(["train", str(recipe)]) == 2
+    errors = _error_lines(capsys)
+    assert len(errors) == 1 and "no space left on the file system at" in errors[0]
+    assert "while writing checkpoint-4; checkpoint-2 is intact" in errors[0]
+    assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == ["checkpoint-2", "checkpoint-latest"]
+    monkeypatch.undo()
+    assert main(["train", str(recipe), "--resume"]) == 0
+    assert _error_lines(capsys) == []
+    assert checkpoint_problem(run / "checkpoint-4") is None and os.readlink(run / "checkpoint-latest") == "checkpoint-4"
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_export_of_a_truncated_checkpoint_is_one_line_exit_2(run, tmp_path, capsys):
+    _truncate(run / "checkpoint-4" / "trainable.safetensors")
+    assert main(["export", str(run / "checkpoint-latest"), "--out", str(tmp_path / "merged")]) == 2
+    errors = _error_lines(capsys)
+    assert len(errors) == 1 and "checkpoint-4 is damaged: trainable.safetensors has" in errors[0]
+    assert "checkpoint-2 is intact" in errors[0]
+    assert not (tmp_path / "merged").exists()
+    assert main(["export", str(run / "nothing-here"), "--out", str(tmp_path / "merged")]) == 2
+    assert len(_error_lines(capsys)) == 1
