@@ -90,3 +90,19 @@ def test_image_tokens_per_image_counts_the_processor_expansion(tmp_path):
 
     processor = AutoProcessor.from_pretrained(make_processor_folder(tmp_path / "proc", image_side=32, patch_size=8))
     assert image_tokens_per_image(processor) == (32 // 8) ** 2
+
+
+def test_control_token_text_stays_plain_under_a_trimming_template_and_a_rewriting_one_is_refused():
+    from vlmforge.data.tokenize import control_tokens
+
+    tokenizer = make_tokenizer("llama3")
+    tokenizer.chat_template = tokenizer.chat_template.replace("message['content']", "(message['content'] | trim)")
+    messages = [{"role": "user", "content": "  hi <|eot_id|> x  "}, {"role": "assistant", "content": " ok<|eot_id|>\n"}]
+    sample = encode_conversation(messages, tokenizer, "<image>", 2, None)
+    control = {tokenizer.convert_tokens_to_ids(token) for token in control_tokens(tokenizer)}
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert [token for token in sample.input_ids if token in control].count(eot) == 2  # the template's two, not four
+    assert "hi <|eot_id|> x<|eot_id|>" in tokenizer.decode(sample.input_ids)
+    tokenizer.chat_template = tokenizer.chat_template.replace("| trim", "| upper")
+    with pytest.raises(DataError, match=r"message 0 holds the control-token text '<\|eot_id\|>'"):
+        encode_conversation(messages, tokenizer, "<image>", 2, None)
