@@ -3,6 +3,11 @@
 A vision folder may hold a dual-tower model (`CLIPModel`, `SiglipModel`) or a vision-only one
 (`CLIPVisionModel`, `SiglipVisionModel`, `Dinov2Model`, ...): only the vision tower is kept. Loading
 goes through `from_pretrained`, so a hub id works wherever the hub is reachable.
+
+How many tokens one image becomes is measured, not read from the config: the image processor runs
+on a blank image and the tower on its output. A config's `image_size` can disagree with what the
+processor makes (DINOv2 checkpoints say 518 and crop 224), and towers put 0 (SigLIP), 1 (CLIP, ViT,
+DINOv2) or 1 + registers (DINOv2 with registers) tokens in front of their patches.
 """
 
 from __future__ import annotations
@@ -16,21 +21,30 @@ from vlmforge.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-# Vision towers that put one extra (CLS) token in front of the patch tokens.
-_CLS_TOWERS = {"clip_vision_model", "dinov2"}
+# Why some towers cannot sit in a Llava model, with what to use instead (one line each).
+_SIGLIP2_NAFLEX = ("SigLIP 2 NaFlex towers take variable-size patch sequences (spatial_shapes) that Llava cannot "
+                   "pass; use a fixed-resolution SigLIP 2 checkpoint (model type 'siglip', e.g. "
+                   "google/siglip2-so400m-patch14-384)")
+_UNSUPPORTED_TOWERS = {"siglip2": _SIGLIP2_NAFLEX, "siglip2_vision_model": _SIGLIP2_NAFLEX}
 
 
 @dataclass
 class VisionPart:
-    model: object  # a transformers vision model (CLIPVisionModel, SiglipVisionModel, ...)
+    model: object  # a transformers vision model (CLIPVisionModel, SiglipVisionModel, Dinov2Model, ...)
     image_processor: object
-    has_cls_token: bool
     patch_size: int
-    image_size: int
+    image_height: int  # the size the image processor makes, measured
+    image_width: int
+    num_prefix_tokens: int  # tokens the tower puts before its patches: CLS (+ registers), measured
+    model_type: str
+
+    @property
+    def has_cls_token(self) -> bool:
+        return self.num_prefix_tokens > 0
 
     @property
     def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        return (self.image_height // self.patch_size) * (self.image_width // self.patch_size)
 
 
 @contextmanager
@@ -65,13 +79,16 @@ def _auto_config(path: str, what: str):
 
 
 def read_vision_config(path: str):
-    """The vision tower's config of a vision folder; `ModelError` if the folder holds no ViT-style tower."""
+    """The vision tower's config of a vision folder; `ModelError` if the folder holds no usable ViT-style tower."""
     config = _auto_config(path, "vision model")
     vision_config = getattr(config, "vision_config", None) or config
-    if getattr(vision_config, "patch_size", None) is None or getattr(vision_config, "image_size", None) is None:
+    for model_type in {config.model_type, vision_config.model_type}:
+        if model_type in _UNSUPPORTED_TOWERS:
+            raise ModelError(f"cannot use the '{model_type}' vision tower in {path}: {_UNSUPPORTED_TOWERS[model_type]}")
+    if not isinstance(getattr(vision_config, "patch_size", None), int):
         raise ModelError(
             f"{path} is a '{config.model_type}' model, not a vision model with patches "
-            "(expected CLIP, SigLIP or another ViT-style image backbone)"
+            "(expected CLIP, SigLIP, DINOv2, ViT or another ViT-style image backbone)"
         )
     return vision_config
 
@@ -99,13 +116,60 @@ def load_vision_part(path: str, dtype=None) -> VisionPart:
         image_processor = AutoImageProcessor.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise ModelError(f"{path} has no usable image processor (preprocessor_config.json): {error}") from None
-    return VisionPart(
-        model=model,
-        image_processor=image_processor,
-        has_cls_token=vision_config.model_type in _CLS_TOWERS,
-        patch_size=vision_config.patch_size,
-        image_size=vision_config.image_size,
-    )
+    pixel_values = processed_blank_image(image_processor, vision_config.model_type)  # (1, 3, H, W)
+    height, width = (int(side) for side in pixel_values.shape[2:])
+    tokens = tower_sequence_length(model, pixel_values, vision_config.model_type)
+    patches = (height // vision_config.patch_size) * (width // vision_config.patch_size)
+    if tokens < patches:
+        raise ModelError(f"cannot use the '{vision_config.model_type}' vision tower: it makes {tokens} tokens for "
+                         f"{patches} patches of {vision_config.patch_size} pixels (Llava needs one token per patch)")
+    return VisionPart(model=model, image_processor=image_processor, patch_size=vision_config.patch_size,
+                      image_height=height, image_width=width, num_prefix_tokens=tokens - patches,
+                      model_type=vision_config.model_type)
+
+
+def processed_blank_image(image_processor, model_type: str):
+    """The processor's pixel values for one blank image, (1, 3, H, W); `ModelError` unless every image gets that size.
+
+    Llava turns each image into a fixed number of tokens, so the processor must resize/crop every
+    image to one size. Two blank images of different shapes check that it does.
+    """
+    from PIL import Image
+
+    outputs = []
+    for size in ((640, 480), (300, 500)):
+        try:
+            outputs.append(image_processor(images=[Image.new("RGB", size)], return_tensors="pt")["pixel_values"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelError(f"the '{model_type}' image processor cannot process an image: {first_line(error)}") from None
+    shapes = {tuple(pixel_values.shape) for pixel_values in outputs}
+    if len(shapes) > 1 or outputs[0].dim() != 4:
+        raise ModelError(f"cannot use the '{model_type}' vision tower: its image processor does not make one fixed "
+                         f"image size (pixel_values {sorted(shapes)}), and Llava needs a fixed number of tokens per image")
+    return outputs[0]
+
+
+def tower_sequence_length(model, pixel_values, model_type: str) -> int:
+    """How many tokens the tower outputs for `pixel_values` (1, 3, H, W): one cheap forward."""
+    import torch
+
+    dtype = next(model.parameters()).dtype
+    try:
+        with torch.no_grad():
+            hidden_states = model(pixel_values=pixel_values.to(dtype), output_hidden_states=True).hidden_states
+    except Exception as error:  # any failure here means the tower cannot run on what its processor makes
+        height, width = pixel_values.shape[2:]
+        raise ModelError(f"cannot use the '{model_type}' vision tower on the {height}x{width} images its "
+                         f"image processor makes: {first_line(error)}") from None
+    if not hidden_states or hidden_states[-1].dim() != 3:
+        raise ModelError(f"cannot use the '{model_type}' vision tower: it returns no (batch, tokens, features) "
+                         "hidden states")
+    return int(hidden_states[-1].shape[1])
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def load_language_part(path: str, dtype=None):

@@ -27,43 +27,55 @@ def make_tokenizer(style: str = "chatml", vocab_size: int = 400):
 
 
 def make_tiny_vision(out_dir: str | Path, kind: str = "siglip", image_size: int = 32, patch_size: int = 8,
-                     hidden_size: int = 32, layers: int = 2, dual: bool = False, seed: int = 0, **overrides) -> Path:
-    """Save a randomly initialised CLIP / SigLIP vision model (or dual-tower model) with its image processor.
+                     hidden_size: int = 32, layers: int = 2, dual: bool = False, seed: int = 0,
+                     processor_size: int | None = None, **overrides) -> Path:
+    """Save a randomly initialised vision model (or dual-tower model) with its image processor.
 
-    `overrides` set other vision config fields (`num_attention_heads`, `intermediate_size`, ...).
+    `kind`: siglip, clip (both with `dual`), siglip2 (NaFlex), dinov2, dinov2-registers or vit.
+    `processor_size` makes the processor's output differ from the config's `image_size`, as in real
+    DINOv2 checkpoints (config 518, processor 224). `overrides` set other vision config fields
+    (`num_attention_heads`, `intermediate_size`, `num_register_tokens`, ...).
     """
     import torch
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig, CLIPVisionModel,
-                              SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipVisionConfig,
-                              SiglipVisionModel)
 
     torch.manual_seed(seed)
     shape = dict(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size, num_hidden_layers=layers,
                  num_attention_heads=4, intermediate_size=hidden_size * 2)
     shape.update(overrides)
-    text = dict(vocab_size=99, hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=4,
-                intermediate_size=hidden_size * 2)
-    if kind == "siglip":
-        vision_config = SiglipVisionConfig(**shape)
-        model = SiglipModel(SiglipConfig(text_config=text, vision_config=shape)) if dual else SiglipVisionModel(vision_config)
-        processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
-    elif kind == "clip":
-        vision_config = CLIPVisionConfig(**shape)
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config=shape)) if dual else CLIPVisionModel(vision_config)
-        processor = CLIPImageProcessor(size={"shortest_edge": image_size},
-                                       crop_size={"height": image_size, "width": image_size})
-    elif kind == "dinov2":
-        from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-        model = Dinov2Model(Dinov2Config(**shape))
-        processor = BitImageProcessor(size={"shortest_edge": image_size},
-                                      crop_size={"height": image_size, "width": image_size})
-    else:
-        raise ValueError(f"unknown tiny vision kind {kind}")
+    model, processor = _tiny_tower(kind, shape, dual, processor_size or image_size)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def _tiny_tower(kind: str, shape: dict, dual: bool, side: int):
+    """(model, image processor) of one tower kind, randomly initialised from `shape`."""
+    import transformers as tf
+
+    square = {"height": side, "width": side}
+    text = dict(vocab_size=99, hidden_size=shape["hidden_size"], num_hidden_layers=1, num_attention_heads=4,
+                intermediate_size=shape["hidden_size"] * 2)
+    if kind == "siglip":
+        model = (tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=shape)) if dual
+                 else tf.SiglipVisionModel(tf.SiglipVisionConfig(**shape)))
+        return model, tf.SiglipImageProcessor(size=square)
+    if kind == "clip":
+        model = (tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=shape)) if dual
+                 else tf.CLIPVisionModel(tf.CLIPVisionConfig(**shape)))
+        return model, tf.CLIPImageProcessor(size={"shortest_edge": side}, crop_size=square)
+    if kind == "siglip2":  # NaFlex: variable-size patch sequences; vlmforge refuses it (see parts.py)
+        shape = {key: value for key, value in shape.items() if key != "image_size"}
+        return (tf.Siglip2VisionModel(tf.Siglip2VisionConfig(**shape, num_patches=(side // shape["patch_size"]) ** 2)),
+                tf.Siglip2ImageProcessor(patch_size=shape["patch_size"], max_num_patches=(side // shape["patch_size"]) ** 2))
+    if kind in ("dinov2", "dinov2-registers"):
+        config = (tf.Dinov2WithRegistersConfig(**{"num_register_tokens": 4, **shape}) if kind == "dinov2-registers"
+                  else tf.Dinov2Config(**shape))
+        model = tf.AutoModel.from_config(config)
+        return model, tf.BitImageProcessor(size={"shortest_edge": side}, crop_size=square)
+    if kind == "vit":
+        return tf.ViTModel(tf.ViTConfig(**shape)), tf.ViTImageProcessor(size=square)
+    raise ValueError(f"unknown tiny vision kind {kind}")
 
 
 def make_tiny_llm(out_dir: str | Path, kind: str = "qwen2", hidden_size: int = 32, layers: int = 2,
