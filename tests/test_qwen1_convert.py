@@ -276,6 +276,21 @@ def test_chat_template_is_qwen_chat_chatml(qwen1):
     assert set(generation["eos_token_id"]) == {tokenizer.eos_token_id, tokenizer.pad_token_id}
 
 
+def test_training_labels_cover_each_answer_and_its_im_end(qwen1):
+    from transformers import AutoTokenizer
+
+    from vlmforge.data.tokenize import IGNORE_INDEX, encode_conversation
+    from vlmforge.model.build import add_image_token
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen1[2])
+    add_image_token(tokenizer)  # as `vlmforge build` does
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."},
+                {"role": "user", "content": "今天天气"}, {"role": "assistant", "content": "很好。"}]
+    sample = encode_conversation(messages, tokenizer, image_token="<image>", num_image_tokens=4, max_length=None)
+    trained = [token for token, label in zip(sample.input_ids, sample.labels) if label != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == "Hello there.<|im_end|>很好。<|im_end|>"
+
+
 # --------------------------------------------------------------------------- refusals
 
 

@@ -296,9 +296,10 @@ def convert_qwen1(src: str | Path, out: str | Path) -> ConversionReport:
     for feature in report.dropped:
         log.warning("dropped: %s", feature)
     tokenizer = qwen1_tokenizer(src / TIKTOKEN_FILE, chat=chat, model_max_length=config.max_position_embeddings)
+    shards = source_shards(src)
     with atomic_directory(out) as tmp:
-        report.tensors, dtype = _convert_shards(source_shards(src), tmp, config)
-        report.shards = len(source_shards(src))
+        report.tensors, dtype = _convert_shards(shards, tmp, config)
+        report.shards = len(shards)
         config.dtype = dtype
         config.eos_token_id = tokenizer.convert_tokens_to_ids(IM_END if chat else ENDOFTEXT)
         config.pad_token_id = tokenizer.pad_token_id

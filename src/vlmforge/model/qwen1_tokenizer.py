@@ -27,11 +27,12 @@ ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END] + [f"<|extra_{i}|>" for i in range(205)]
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
-# Qwen-7B-Chat's `make_context` (chat_format "chatml"): a system turn always comes first, the
-# default one when the conversation has none; every turn is `<|im_start|>role\ncontent<|im_end|>`,
-# turns joined by a newline; generation starts after `<|im_start|>assistant\n`.
+# Qwen-7B-Chat's `make_context` (chat_format "chatml") and its fine-tuning script: a system turn
+# always comes first, the default one when the conversation has none; every turn is
+# `<|im_start|>role\ncontent<|im_end|>` followed by a newline; generation starts after
+# `<|im_start|>assistant\n`.
 QWEN1_CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] != 'system' -%}"
+    "{%- if not messages or messages[0]['role'] != 'system' -%}"
     "{{ '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' }}"
     "{%- endif -%}"
     "{%- for message in messages -%}"
