@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import warnings
 
 from vlmforge.errors import VlmforgeError
 
@@ -50,6 +52,27 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _set_up_output(verbose: bool) -> None:
+    """A command's output is its own progress and results: vlmforge's log at INFO, other libraries'
+    logs only from WARNING up. Unless `-v`, transformers' own progress bars ("Loading weights",
+    "Writing model shards") and advice, and the libraries' FutureWarnings (deprecations the user of
+    a command cannot act on) are silenced too; download progress bars stay."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s")
+    logging.getLogger("vlmforge").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if verbose:
+        return
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # child processes (accelerate ranks) too
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as transformers_logging  # no torch import
+
+    downloads_shown = not hub_utils.are_progress_bars_disabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # also turns off the hub's bars ...
+    if downloads_shown:
+        hub_utils.enable_progress_bars()  # ... which show downloads: those stay
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
@@ -57,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    _set_up_output(args.verbose)
     try:
         return int(_load_command(args.command).run(args) or 0)
     except VlmforgeError as error:
