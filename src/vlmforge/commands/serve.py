@@ -30,7 +30,5 @@ def run(args) -> int:
 
     from vlmforge.infer.server import serve
 
-    print(f"serving {config.model} at http://{config.host}:{config.port}  (chat page: /, API: /v1)"
-          + ("  [API key required]" if config.api_key else ""))
-    serve(config)
+    serve(config)  # logs "serving MODEL at URL" once the model is loaded
     return 0

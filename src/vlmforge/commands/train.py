@@ -5,6 +5,8 @@ Runs alike under `torchrun --nproc_per_node N -m vlmforge train RECIPE` and `acc
 
 from __future__ import annotations
 
+import os
+
 
 def add_arguments(parser) -> None:
     from vlmforge.config import add_arguments as add_config_arguments
@@ -23,6 +25,8 @@ def run(args) -> int:
     recipe = apply_overrides(load_recipe(args.recipe), overrides_from_args(args, Recipe))
     callbacks = _eval_callbacks(recipe)
     result = train(recipe, resume=args.resume, callbacks=callbacks)
+    if os.environ.get("RANK", "0") != "0":  # torchrun / accelerate: rank 0 reports for all
+        return 0
     print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; run folder {result.output_dir}")
     if result.final_model:
         print(f"merged model: {result.final_model}")
