@@ -327,8 +327,9 @@ def native_llm_path(path: str, cache_dir: str | Path | None = None) -> str:
         return path
     src = Path(path)
     _check_source(src)
-    target = Path(cache_dir or default_cache_dir()) / f"{src.resolve().name}-qwen2-{fingerprint(src)}"
-    if (target / REPORT_FILE).is_file() and read_json(target / REPORT_FILE).get("fingerprint") == fingerprint(src):
+    identity = fingerprint(src)
+    target = Path(cache_dir or default_cache_dir()) / f"{src.resolve().name}-qwen2-{identity}"
+    if (target / REPORT_FILE).is_file() and read_json(target / REPORT_FILE).get("fingerprint") == identity:
         log.info("%s is a first-generation Qwen model: using its Qwen2 conversion in %s", path, target)
         return str(target)
     log.info("%s is a first-generation Qwen model: converting it to Qwen2 in %s", path, target)
