@@ -251,6 +251,7 @@ def test_data_check_reports_control_token_text(tmp_path):
     assert [(problem.kind, problem.line) for problem in report.problems] == [("control-token", 2)]
     with_model = check_files([path], CheckOptions(model_dir=make_processor_folder(tmp_path / "m"), check_images=False))
     assert [(problem.kind, problem.line) for problem in with_model.problems] == [("control-token", 2)]
+    assert with_model.lengths["count"] == 2  # still measured, so --max-length counts match training's
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,14 +110,14 @@ def _check_file(path: Path, options: CheckOptions, model: _ModelView | None, rep
     for line, record in tqdm(iter_records(path, line_problems), desc=f"check {path.name}", unit=" rec", leave=False):
         source = record.get("source") if isinstance(record.get("source"), str) else path.stem
         stats = report.sources.setdefault(source, SourceStats())
-        problems = [problem.at(path, line) for problem in validate_record(record)]
-        problems += [problem.at(path, line) for problem in _control_text(record, model)] if not problems else []
+        problems = validate_record(record)
         _count_record(record, stats)
         for image in _image_paths(record):
             image_users[str(resolve_image_path(image, roots))].append((source, str(path), line))
-        if model is not None and not problems:
-            problems += _check_length(record, model, options.max_length, lengths, report)
-            problems = [problem.at(path, line) for problem in problems]
+        if not problems:  # a valid record: its length is measured even when its text is suspicious
+            problems = _control_text(record, model)
+            problems += _check_length(record, model, options.max_length, lengths, report) if model is not None else []
+        problems = [problem.at(path, line) for problem in problems]
         stats.problems += len(problems)
         report.problems += problems
     if line_problems:  # unreadable lines have no source of their own: the file's default one counts them
