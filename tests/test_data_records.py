@@ -104,3 +104,25 @@ def test_problem_location_names_line_and_array_record():
     problem = Problem("missing-image", "missing image a.jpg").at("data.json", 1, 51234)
     assert str(problem) == "data.json:1 [record 51234]: missing image a.jpg"
     assert problem.to_dict()["record"] == 51234
+
+
+def test_parse_line_turns_every_unreadable_line_into_a_problem():
+    from vlmforge.data.records import parse_line
+
+    assert parse_line(b'\xef\xbb\xbf{"a": 1}\n', first=True) == ({"a": 1}, None)  # a BOM on line 1
+    assert parse_line(b"  \n") == (None, None)
+    kinds = {raw: parse_line(raw)[1].kind for raw in (b'{"a": "\xff"}', b"{", b"[" * 50_000, b"[1]")}
+    assert kinds == {b'{"a": "\xff"}': "bad-encoding", b"{": "bad-json", b"[" * 50_000: "bad-json", b"[1]": "not-an-object"}
+
+
+def test_text_problem_finds_lone_surrogates_and_hostile_nesting_without_recursion():
+    from vlmforge.data.records import MAX_NESTING, text_problem
+
+    assert text_problem({"messages": [{"content": "fine 😀"}]}) is None
+    assert "\\ud800" in text_problem({"messages": [{"content": "\ud800"}]}).reason
+    assert text_problem({"\udcff": 1}).kind == "bad-text"  # keys too
+    nested: list = []
+    for _ in range(MAX_NESTING + 1):
+        nested = [nested]
+    assert "nested" in text_problem({"meta": nested}).reason
+    assert validate_record({"messages": [{"role": "user", "content": "\ud800"}]})[0].kind == "bad-text"
