@@ -136,13 +136,12 @@ def _control_text(record: dict, model: _ModelView | None) -> list[Problem]:
     Training and serving encode such text as plain text (it can never forge a turn), but in data it
     is almost always a scraping accident or an injection attempt, so it is reported.
     """
-    from vlmforge.data.tokenize import control_tokens, find_control_text
+    from vlmforge.data.tokenize import control_text_in
 
-    tokens = control_tokens(model.tokenizer) if model is not None else None
     problems = []
     for index, message in enumerate(record["messages"]):
         text = message["content"]
-        found = find_control_text(text, tokens) if tokens is not None else (_CONTROL_TEXT.search(text) or [None])[0]
+        found = control_text_in([message], model.tokenizer) if model is not None else (_CONTROL_TEXT.search(text) or [None])[0]
         if found:
             problems.append(Problem("control-token", f"message {index} holds the control-token text {found!r}; "
                                     "it is trained as plain text, never as a turn marker, but check where it came from"))
