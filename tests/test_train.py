@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train_helpers import tiny_recipe, write_colour_dataset
+from train_helpers import shipped_recipe, tiny_recipe, write_colour_dataset
 from vlmforge.cli import main
 from vlmforge.config import apply_overrides
 from vlmforge.errors import ConfigError, DataError
@@ -83,33 +83,68 @@ def test_grad_accum_1x4_equals_4x1(tiny_vlm_dir, data, tmp_path):
 
 KILLER = """
 import os, signal, sys
+import torch
+torch.set_num_threads({threads})  # the test process's own setting: both halves run the same kernels
 sys.path.insert(0, {tests!r})
-from train_helpers import tiny_recipe
+from train_helpers import shipped_recipe
+from vlmforge.eval.during_training import make_eval_callback
 from vlmforge.train.loop import train
 
 def die(trainer, step):
     if step == 5:  # after checkpoint-4 was written, in the middle of the run
         os.kill(os.getpid(), signal.SIGKILL)
 
-train(tiny_recipe({model!r}, {data!r}, {run!r}, max_steps=8, save_steps=2, log_steps=1), callbacks=[die])
+recipe = shipped_recipe("instruct-lora", {model!r}, {data!r}, {run!r}, **{settings!r})
+recipe.eval.data, recipe.eval.every, recipe.eval.max_samples, recipe.eval.max_new_tokens = {data!r}, 2, 4, 2
+recipe.data.num_workers = 2
+train(recipe, callbacks=[make_eval_callback(recipe), die])
 """
+
+# The shipped instruct-lora recipe as shipped (LoRA dropout 0.05, grad_accum 2) on tiny data, with two
+# loader workers and evaluation every 2 steps: everything that draws random numbers or runs between steps.
+RESUME_SETTINGS = dict(max_steps=8, batch_size=4, save_steps=2, log_steps=1, seed=3)
+
+
+def _shipped_lora_run(model, data, run, **extra):
+    from vlmforge.eval.during_training import make_eval_callback
+
+    recipe = shipped_recipe("instruct-lora", model, data, run, **RESUME_SETTINGS)
+    recipe.eval.data, recipe.eval.every, recipe.eval.max_samples, recipe.eval.max_new_tokens = str(data), 2, 4, 2
+    recipe.data.num_workers = 2
+    return train(recipe, callbacks=[make_eval_callback(recipe)], **extra)
 
 
 def test_killed_run_resumes_to_the_same_weights(tiny_vlm_dir, data, tmp_path):
+    recipe = load_recipe("instruct-lora")
+    assert recipe.lora.dropout > 0 and recipe.train.grad_accum > 1  # what this test is about
     uninterrupted = tmp_path / "whole"
-    train(tiny_recipe(tiny_vlm_dir, data, uninterrupted, max_steps=8, save_steps=2))
+    _shipped_lora_run(tiny_vlm_dir, data, uninterrupted)
     run = tmp_path / "killed"
-    script = KILLER.format(tests=str(Path(__file__).parent), model=str(tiny_vlm_dir), data=str(data), run=str(run))
-    process = subprocess.run([sys.executable, "-c", script], capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    script = KILLER.format(tests=str(Path(__file__).parent), model=str(tiny_vlm_dir), data=str(data), run=str(run),
+                           threads=torch.get_num_threads(), settings=RESUME_SETTINGS)
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True)
     assert process.returncode == -signal.SIGKILL, process.stderr.decode()[-2000:]
     assert os.readlink(run / "checkpoint-latest") == "checkpoint-4"
-    resumed = train(tiny_recipe(tiny_vlm_dir, data, run, max_steps=8, save_steps=2), resume=True)
+    resumed = _shipped_lora_run(tiny_vlm_dir, data, run, resume=True)
     assert [r["step"] for r in resumed.history] == [5, 6, 7, 8]
+    assert "eval_loss" in resumed.history[1]
     a, b = _final_trainable(uninterrupted), _final_trainable(run)
+    assert a.keys() == b.keys() and any("lora_A" in name for name in a)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
     logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_loader_leaves_the_global_generator_alone(tiny_vlm_dir, data, tmp_path):
+    """The cause of the drift: starting the loader drew its workers' seed from the global generator."""
+    from vlmforge.train.loop import Trainer
+
+    trainer = Trainer(shipped_recipe("instruct-lora", tiny_vlm_dir, data, tmp_path / "run", max_steps=2, batch_size=2))
+    trainer._setup()
+    before = torch.get_rng_state()
+    next(iter(trainer._loader(0)))
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_nonfinite_loss_stops_or_skips(tiny_vlm_dir, data, tmp_path, monkeypatch):
@@ -130,6 +165,36 @@ def test_nonfinite_loss_stops_or_skips(tiny_vlm_dir, data, tmp_path, monkeypatch
     calls["n"] = 0
     result = train(tiny_recipe(tiny_vlm_dir, data, tmp_path / "skip", max_steps=4, save_steps=2, nonfinite="skip"))
     assert result.skipped_steps == 1 and all(r["loss"] == r["loss"] for r in result.history)
+
+
+def test_skipped_last_step_still_logs_and_saves(tiny_vlm_dir, data, tmp_path, monkeypatch):
+    """The bad step is the last one and a save step: the run still ends with checkpoint-4 and a row for step 4."""
+    import vlmforge.train.steps as steps
+
+    real = steps.summed_loss
+    calls = {"n": 0}
+
+    def nan_at_step_4(model, batch):
+        calls["n"] += 1
+        loss = real(model, batch)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(steps, "summed_loss", nan_at_step_4)
+    run = tmp_path / "run"
+    result = train(tiny_recipe(tiny_vlm_dir, data, run, max_steps=4, save_steps=2, log_steps=1, nonfinite="skip"))
+    assert result.skipped_steps == 1
+    assert os.readlink(run / "checkpoint-latest") == "checkpoint-4"
+    state = json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["skipped_steps"] == 1
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[3]["skipped_steps"] == 1 and rows[3]["loss"] is None  # nothing trained in that window
+    assert all("skipped_steps" not in r and r["loss"] > 0 for r in rows[:3])
+    # the skipped step changed nothing: checkpoint-4 holds the weights after step 3 (the NaN is spent: calls > 4)
+    train(tiny_recipe(tiny_vlm_dir, data, tmp_path / "three", max_steps=4, save_steps=3, log_steps=1))
+    skipped, three = load_file(run / "checkpoint-4" / "trainable.safetensors"), load_file(tmp_path / "three" / "checkpoint-3" / "trainable.safetensors")
+    for name in skipped:
+        torch.testing.assert_close(skipped[name], three[name], rtol=0, atol=0)
 
 
 def test_bad_images_are_skipped_then_budget_stops_the_run(tiny_vlm_dir, tmp_path):

@@ -42,3 +42,22 @@ def tiny_recipe(model_dir, data_path, output_dir, **train) -> Recipe:
     for key, value in settings.items():
         setattr(recipe.train, key, value)
     return recipe
+
+
+def shipped_recipe(name, model_dir, data_path, output_dir, **train) -> Recipe:
+    """A shipped recipe as shipped (LoRA dropout, grad_accum, learning rates, ...), pointed at tiny data.
+
+    Only what a tiny CPU test must set is changed: paths, device, fp32 (bit-exact comparisons), no
+    export; `train` sets the schedule (max_steps, save_steps, ...).
+    """
+    from vlmforge.train.recipe import load_recipe
+
+    recipe = load_recipe(name)
+    recipe.model.path = str(model_dir)
+    recipe.data.paths = [str(data_path)]
+    recipe.train.output_dir = str(output_dir)
+    settings = dict(device="cpu", precision="fp32", export=False)
+    settings.update(train)
+    for key, value in settings.items():
+        setattr(recipe.train, key, value)
+    return recipe

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlmforge.config import save_yaml, to_dict
-from vlmforge.errors import VlmforgeError
+from vlmforge.errors import ConfigError, VlmforgeError
 from vlmforge.train.recipe import Recipe, validate_recipe
 
 log = logging.getLogger("vlmforge.train")
@@ -96,6 +96,9 @@ class Trainer:
         missing = [path for path in recipe.data.paths if not Path(path).is_file()]
         if missing:
             raise VlmforgeError(f"data file not found: {missing[0]} (data.paths)")
+        if recipe.train.strategy == "fsdp" and recipe.eval.data:
+            raise ConfigError("eval.data: evaluation during training runs on rank 0 alone, which a sharded model "
+                              "(train.strategy fsdp) cannot do; evaluate the exported model with `vlmforge eval`")
         self.recipe = recipe
         self.base_model = base_model
         self.resume = resume
@@ -123,19 +126,27 @@ class Trainer:
             from transformers.utils import logging as hf_logging
 
             hf_logging.set_verbosity_error()
+        self.fsdp = self._sharding()
         torch.manual_seed(train.seed)
         model, self.processor = load_model_for_training(self.recipe, self.accelerator.device, self.base_model)
         self.bf16 = choose_precision(train.precision, self.accelerator.device)
         trainable, total = count_parameters(model)
         log.info("parameters: %.2fM trainable of %.2fM (%s)", trainable / 1e6, total / 1e6,
                  ", ".join(f"{k}: {v}" for k, v in to_dict(self.recipe.trainable).items()))
+        if self.fsdp:  # before the optimizer: it must hold the sharded parameters
+            from vlmforge.train.sharded_state import shard_model
+
+            model = shard_model(model.to(self.accelerator.device), self.accelerator.device)
         groups = parameter_groups(model, train.lr.projector, train.lr.llm, train.lr.vision, train.weight_decay)
         optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
         warmup = int(train.warmup_ratio * train.max_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup, train.max_steps, train.min_lr_ratio))
         if train.compile:
             model = torch.compile(model)
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.fsdp:
+            self.model, self.optimizer = model, optimizer
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
         self.group_names = [group["name"] for group in groups]
 
@@ -157,19 +168,49 @@ class Trainer:
         collator = Collator(self.processor, num_image_tokens, data.max_length, data.too_long)
         self.step_batches = StepBatches(self.dataset, self.plan, collator, self.accelerator.process_index, world, train.grad_accum)
 
+    def _sharding(self) -> bool:
+        """True when this run shards with FSDP2 (train.strategy fsdp, more than one process).
+
+        Sharding set up by an accelerate config is refused: its checkpoints would hold each rank's
+        shards, not the model (FSDP), or cannot be gathered here (DeepSpeed ZeRO-3).
+        """
+        from accelerate.utils import DistributedType
+
+        kind = self.accelerator.distributed_type
+        zero3 = kind == DistributedType.DEEPSPEED and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        if kind == DistributedType.FSDP or zero3:
+            raise ConfigError(f"{'DeepSpeed ZeRO-3' if zero3 else 'accelerate FSDP'} shards the parameters and vlmforge "
+                              "cannot write complete checkpoints from it: launch with torchrun (or an accelerate DDP "
+                              "config) and --train.strategy fsdp")
+        if self.recipe.train.strategy != "fsdp":
+            return False
+        if kind == DistributedType.DEEPSPEED:
+            raise ConfigError("train.strategy fsdp is not for a DeepSpeed launch: launch with torchrun")
+        if self.accelerator.num_processes == 1:
+            log.info("train.strategy fsdp with one process: nothing to shard, training unsharded")
+            return False
+        return True
+
     @property
     def unwrapped(self):
         model = self.accelerator.unwrap_model(self.model)
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     def _loader(self, start: int):
+        """Steps `start`.. of the plan, loaded in `data.num_workers` processes.
+
+        The loader gets its own generator: without one, starting its iterator draws the workers'
+        base seed from the global torch generator, so a resumed run (which starts it right after
+        restoring the checkpoint's RNG state) shifted every later dropout mask by one draw.
+        """
         import torch
 
         steps = range(start, self.recipe.train.max_steps)
         workers = self.recipe.data.num_workers
         return torch.utils.data.DataLoader(self.step_batches, batch_size=None, sampler=steps, num_workers=workers,
                                            collate_fn=lambda item: item, persistent_workers=False,
-                                           prefetch_factor=2 if workers else None)
+                                           prefetch_factor=2 if workers else None,
+                                           generator=torch.Generator().manual_seed(self.recipe.train.seed))
 
     # -- one step ---------------------------------------------------------------------------
     def _step(self, micro_batches: list) -> dict:
@@ -191,8 +232,7 @@ class Trainer:
                 continue
             batch = {key: value.to(device) for key, value in batch.items()}
             last = index == len(micro_batches) - 1
-            context = self.accelerator.no_sync(self.model) if not last and world > 1 else nullcontext()
-            with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with self._gradient_sync(last), torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 loss_sum = summed_loss(self.model, batch)
             self.accelerator.backward(loss_sum * world / max(global_tokens, 1.0))
             loss_total += loss_sum.detach().double()
@@ -200,13 +240,24 @@ class Trainer:
         return {"loss": loss, "trained_tokens": global_tokens, "tokens": real_tokens, "samples": samples,
                 "pad_fraction": 1.0 - real_tokens / max(padded, 1.0)}
 
+    def _gradient_sync(self, last: bool):
+        """Average gradients across processes only after the last micro-batch of a step."""
+        if self.fsdp:
+            self.unwrapped_peft.set_requires_gradient_sync(last)
+            return nullcontext()
+        return self.accelerator.no_sync(self.model) if not last and self.accelerator.num_processes > 1 else nullcontext()
+
     def _optimizer_step(self, stats: dict) -> bool:
         """Clip, check, step. False when the step was skipped (non-finite loss or gradient)."""
         import torch
 
         max_norm = self.recipe.train.max_grad_norm
         parameters = [p for p in self.model.parameters() if p.requires_grad]
-        if max_norm > 0:
+        if self.fsdp:
+            from vlmforge.train.sharded_state import clip_grad_norm
+
+            grad_norm = clip_grad_norm(parameters, max_norm)
+        elif max_norm > 0:
             grad_norm = self.accelerator.clip_grad_norm_(parameters, max_norm)
         else:
             grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None]))
@@ -239,7 +290,7 @@ class Trainer:
             if checkpoint is None:
                 log.info("--resume: no complete checkpoint in %s, starting from step 0", self.output_dir)
             else:
-                state = load_checkpoint(checkpoint, self.unwrapped_peft, self.optimizer, self.scheduler, self.recipe)
+                state = self._load(checkpoint, load_checkpoint)
                 start = state["step"]
                 log.info("resumed from %s (step %d)", checkpoint, start)
         if self.is_main:
@@ -250,28 +301,44 @@ class Trainer:
         progress = tqdm(total=train.max_steps, initial=start, desc="train", unit="step", disable=not self.is_main)
         for step, micro_batches in enumerate(self._loader(start), start=start):
             stats = self._step(micro_batches)
-            if not self._optimizer_step(stats):
+            if self._optimizer_step(stats):
+                state["trained_tokens"] += stats["trained_tokens"]
+                window.add(stats)
+                last_loss = stats["loss"]
+                progress.set_postfix(loss=f"{stats['loss']:.3f}")
+            else:
                 self._handle_nonfinite(step, stats, state)
-                progress.update(1)
-                continue
-            state["trained_tokens"] += stats["trained_tokens"]
-            window.add(stats)
-            last_loss = stats["loss"]
+                window.skipped += 1
             progress.update(1)
-            progress.set_postfix(loss=f"{stats['loss']:.3f}")
-            done = step + 1
-            if done % train.log_steps == 0 or done == train.max_steps:
-                row = self._log_row(done, window.flush(), stats)
-                for callback in self.callbacks:
-                    row.update(callback(self, done) or {})
-                metrics.write(row)
-                history.append(row)
-            if done % train.save_steps == 0 or done == train.max_steps:
-                self._save(done, state, history)
+            self._on_schedule(step + 1, window, stats, state, history, metrics)
         progress.close()
         metrics.close()
         final = self._finish(metrics.path, plot_curves)
         return TrainResult(self.output_dir, train.max_steps, last_loss, final, history, state["skipped_steps"])
+
+    def _on_schedule(self, done: int, window, stats: dict, state: dict, history: list, metrics) -> None:
+        """After every step, trained or skipped: log and save when due, so the last step is always saved."""
+        train = self.recipe.train
+        last = done == train.max_steps
+        if done % train.log_steps == 0 or last:
+            row = self._log_row(done, window.flush(), stats)
+            row.update(self._run_callbacks(done))
+            metrics.write(row)
+            history.append(row)
+        if done % train.save_steps == 0 or last:
+            self._save(done, state, history)
+
+    def _run_callbacks(self, step: int) -> dict:
+        """Callbacks (evaluation) see the model between steps; they run on a forked RNG so that
+        whatever they draw (generation, their own loaders) never changes the training's random stream."""
+        import torch
+
+        device = self.accelerator.device
+        row = {}
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for callback in self.callbacks:
+                row.update(callback(self, step) or {})
+        return row
 
     @property
     def unwrapped_peft(self):
@@ -287,35 +354,62 @@ class Trainer:
     def _log_row(self, step: int, window: dict, stats: dict) -> dict:
         from vlmforge.train.steps import peak_memory_mb
 
-        row = {"step": step, "loss": window["loss"], "grad_norm": stats["grad_norm"]}
+        grad_norm = stats["grad_norm"] if math.isfinite(stats["grad_norm"]) else None  # JSON has no NaN
+        row = {"step": step, "loss": window["loss"], "grad_norm": grad_norm}
+        if window["skipped_steps"]:
+            row["skipped_steps"] = window["skipped_steps"]
         for name, lr in zip(self.group_names, stats["lrs"]):
             row.setdefault(f"lr_{name.removesuffix('_no_decay')}", lr)
         row.update(tokens_per_s=window["tokens_per_s"], samples_per_s=window["samples_per_s"],
                    pad_fraction=window["pad_fraction"], peak_memory_mb=peak_memory_mb(self.accelerator.device))
         return row
 
+    def _load(self, checkpoint: Path, load_checkpoint) -> dict:
+        """Restore the run from `checkpoint` (every rank reads it); returns its trainer state."""
+        if not self.fsdp:
+            return load_checkpoint(checkpoint, self.unwrapped_peft, self.optimizer, self.scheduler, self.recipe)
+        from vlmforge.train.sharded_state import FullOptimizerState, FullState, scatter_full_state
+
+        weights, optimizer_state = FullState.receiving(self.unwrapped_peft), FullOptimizerState()
+        state = load_checkpoint(checkpoint, weights, optimizer_state, self.scheduler, self.recipe)
+        scatter_full_state(self.unwrapped_peft, self.optimizer, weights.tensors, optimizer_state.state)
+        return state
+
+    def _full_state(self) -> tuple:
+        """(model, optimizer) as the checkpoint writer reads them: under FSDP, the state gathered onto rank 0."""
+        if not self.fsdp:
+            return self.unwrapped_peft, self.optimizer
+        from vlmforge.train.sharded_state import FullOptimizerState, FullState, gather_full_state
+
+        weights, optimizer_state = gather_full_state(self.unwrapped_peft, self.optimizer)  # every rank takes part
+        return FullState(weights), FullOptimizerState(optimizer_state)
+
     def _save(self, step: int, state: dict, history: list) -> None:
         from vlmforge.train.checkpoint import save_checkpoint
 
         self.accelerator.wait_for_everyone()
+        model, optimizer = self._full_state()
         if self.is_main:
             import yaml
 
             recipe_yaml = yaml.safe_dump(to_dict(self.recipe), sort_keys=False, allow_unicode=True)
             trainer_state = {**state, "last_metrics": history[-1] if history else {}}
-            save_checkpoint(self.output_dir, step, self.unwrapped_peft, self.optimizer, self.scheduler, trainer_state,
+            save_checkpoint(self.output_dir, step, model, optimizer, self.scheduler, trainer_state,
                             recipe_yaml, self.recipe.train.save_total_limit)
         self.accelerator.wait_for_everyone()
 
     def _finish(self, metrics_path: Path, plot_curves) -> Path | None:
-        from vlmforge.train.export import export_model
+        from vlmforge.train.export import export_checkpoint, export_model
 
         final = None
         if self.is_main:
             if metrics_path.exists():
                 plot_curves(metrics_path, self.output_dir / "curves.png")
-            if self.recipe.train.export:
+            if self.recipe.train.export and self.fsdp:  # rank 0 holds shards only; the last step is checkpointed
+                final = export_checkpoint(self.output_dir / f"checkpoint-{self.recipe.train.max_steps}", self.output_dir / "final")
+            elif self.recipe.train.export:
                 final = export_model(self.unwrapped_peft, self.processor, self.output_dir / "final")
+            if final:
                 log.info("merged model written to %s", final)
         self.accelerator.wait_for_everyone()
         return final
@@ -329,6 +423,7 @@ class _Window:
 
     def reset(self):
         self.losses, self.tokens, self.samples, self.real, self.padded_fraction = [], 0.0, 0.0, 0.0, []
+        self.skipped = 0  # steps dropped for a non-finite loss (train.nonfinite=skip)
         self.started = time.perf_counter()
 
     def add(self, stats: dict) -> None:
@@ -338,10 +433,12 @@ class _Window:
         self.padded_fraction.append(stats["pad_fraction"])
 
     def flush(self) -> dict:
+        """Means over the trained steps; `loss` and `pad_fraction` are None when every step was skipped."""
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        summary = {"loss": sum(self.losses) / len(self.losses), "tokens_per_s": self.tokens / elapsed,
-                   "samples_per_s": self.samples / elapsed,
-                   "pad_fraction": sum(self.padded_fraction) / len(self.padded_fraction)}
+        mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
+        summary = {"loss": mean(self.losses), "tokens_per_s": self.tokens / elapsed,
+                   "samples_per_s": self.samples / elapsed, "pad_fraction": mean(self.padded_fraction),
+                   "skipped_steps": self.skipped}
         self.reset()
         return summary
 

@@ -79,6 +79,8 @@ class TrainSection:
     tensorboard: bool = option(False, "also log to TensorBoard (needs the tensorboard package)")
     export: bool = option(True, "at the end, write a merged transformers model to OUTPUT_DIR/final")
     device: str = option("", "cpu, cuda, ...; default: the accelerator when present")
+    strategy: Literal["auto", "fsdp"] = option("auto", "auto: what the launcher set up (one process, DDP under "
+                                               "torchrun); fsdp: FSDP2 sharding under torchrun (docs/training.md)")
 
 
 @dataclass
