@@ -21,7 +21,7 @@ def run(args) -> int:
 
     report = convert_qwen1(args.source, args.out)
     kind = "chat" if report.chat else "base"
-    print(f"wrote {args.out}: Qwen2 ({kind} model, ChatML template), {report.tensors} tensors in {report.shards} shard(s)")
-    for feature in report.dropped:
-        print(f"dropped: {feature}")
+    dropped = f"; {len(report.dropped)} dropped feature(s) in conversion_report.json" if report.dropped else ""
+    print(f"wrote {args.out}: Qwen2 ({kind} model, ChatML template), {report.tensors} tensors in "
+          f"{report.shards} shard(s){dropped}")
     return 0

@@ -271,6 +271,8 @@ def _convert_shards(shards: list[Path], out: Path, config) -> tuple[int, object]
 
 def _check_source(src: Path) -> dict:
     """Fail before writing anything: a Qwen config, the vocabulary and every shard must be there."""
+    if not src.is_dir():
+        raise ModelError(f"{src} not found: expected the original model folder (config.json, qwen.tiktoken, weights)")
     if not (src / "config.json").is_file():
         raise ModelError(f"{src} has no config.json: not a model folder")
     config = read_json(src / "config.json")
