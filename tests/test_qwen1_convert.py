@@ -20,8 +20,6 @@ from vlmforge.cli import main
 from vlmforge.model.qwen1 import REPORT_FILE, convert_qwen1, native_llm_path
 from vlmforge.model.qwen1_tokenizer import QWEN_PATTERN, SPECIAL_TOKENS
 
-tiktoken = pytest.importorskip("tiktoken")
-
 HIDDEN, HEADS, LAYERS, FFN = 64, 4, 2, 96  # FFN: the size of w1 / w2 each; config says 2 × FFN
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. It's 2024; we're testing tokenizers, aren't we?",
@@ -247,6 +245,7 @@ def _strings():
 def test_tokenizer_equals_tiktoken(qwen1, vocabulary):
     from transformers import AutoTokenizer
 
+    tiktoken = pytest.importorskip("tiktoken")  # in the `test` extra
     _, ranks = vocabulary
     tokenizer = AutoTokenizer.from_pretrained(qwen1[2])
     encoding = tiktoken.Encoding("qwen-tiny", pat_str=QWEN_PATTERN, mergeable_ranks=ranks,
