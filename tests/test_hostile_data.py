@@ -120,6 +120,10 @@ def test_out_or_report_naming_a_folder_is_one_line_exit_2(tmp_path, capsys):
     assert "is a folder" in _one_error_line(capsys)
     assert main(["data", "check", str(data), "--json", str(folder)]) == 2
     assert "is a folder" in _one_error_line(capsys)
+    assert main(["data", "check", str(folder)]) == 2
+    assert "a folder, not a data file" in _one_error_line(capsys)
+    assert main(["data", "convert", "--from", "llava", str(folder), "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "a folder, not a data file" in _one_error_line(capsys)
 
 
 def test_a_bom_is_accepted_by_check_convert_and_training(tmp_path):

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vlmforge.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image, resolve_image_path
-from vlmforge.data.records import Problem, iter_records, validate_record
+from vlmforge.data.records import Problem, iter_records, require_files, validate_record
 from vlmforge.errors import ConfigError, DataError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -84,9 +84,7 @@ def check_files(paths: Sequence[str | Path], options: CheckOptions | None = None
     options = options or CheckOptions()
     if options.max_length is not None and options.model_dir is None:
         raise ConfigError("--max-length needs --model (token lengths depend on the model's template)")
-    missing = [str(path) for path in paths if not Path(path).is_file()]
-    if missing:
-        raise DataError(f"file(s) not found: {', '.join(missing)}")
+    require_files(paths)
     report = CheckReport(files=[str(path) for path in paths], model=_str_or_none(options.model_dir), max_length=options.max_length)
     model = _load_model_view(options.model_dir) if options.model_dir is not None else None
     report.image_tokens_per_image = model.num_image_tokens if model else None

@@ -23,7 +23,8 @@ from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.data.convert_text import clean_caption, load_prompts, pick_prompt, shipped_prompts
 from vlmforge.data.json_items import iter_json_items, load_json_document
 from vlmforge.data.images import resolve_image_path
-from vlmforge.data.records import Problem, normalize_placeholders, text_problem, validate_record, write_records
+from vlmforge.data.records import (Problem, normalize_placeholders, require_files, text_problem, validate_record,
+                                    write_records)
 from vlmforge.errors import ConfigError, DataError
 
 ROLE_NAMES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant", "system": "system"}
@@ -235,9 +236,7 @@ def convert_files(fmt: str, inputs: Sequence[str | Path], output: str | Path, op
     options = options or ConvertOptions()
     if fmt not in READERS:
         raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    missing = [str(path) for path in inputs if not Path(path).is_file()]
-    if missing:
-        raise DataError(f"input file(s) not found: {', '.join(missing)}")
+    require_files(inputs)
     if Path(output).is_dir():
         raise DataError(f"--out {output} is a folder; name the output file (e.g. {Path(output) / 'data.jsonl'})")
     prompts = _prompts_for(fmt, options)

@@ -222,6 +222,16 @@ def iter_records(path: str | Path, problems: list[Problem] | None = None) -> Ite
                 problems.append(problem.at(path, line_number))
 
 
+def require_files(paths: Iterable[str | Path]) -> None:
+    """One `DataError` naming every input that is missing or is a folder, before any work is done."""
+    folders = [str(path) for path in paths if Path(path).is_dir()]
+    missing = [str(path) for path in paths if not Path(path).exists()]
+    if folders:
+        raise DataError(f"{', '.join(folders)}: a folder, not a data file; name the file(s) inside it")
+    if missing:
+        raise DataError(f"file(s) not found: {', '.join(missing)}")
+
+
 def parse_line(raw: bytes, first: bool = False) -> tuple[dict | None, Problem | None]:
     """One JSONL line as a record, or the problem that stops it; `(None, None)` for a blank line.
 
