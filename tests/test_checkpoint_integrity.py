@@ -296,3 +296,10 @@ def test_torn_last_metrics_line_is_repaired_on_resume(tmp_path):
     assert [row["step"] for row in read_metrics(path)] == [1, 2, 3]
     MetricsLog(tmp_path, resume_step=2)
     assert path.read_text() == "".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2))
+
+
+def test_disk_full_message_names_the_file_and_its_file_system(tmp_path):
+    error = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out.jsonl"))
+    message = atomic.disk_full_message(error)
+    assert message.startswith("no space left on the file system at ") and f"while writing {tmp_path / 'out.jsonl'}" in message
+    assert atomic.disk_full_message(ValueError("no")) is None

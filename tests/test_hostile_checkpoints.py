@@ -160,3 +160,25 @@ def test_export_of_a_truncated_checkpoint_is_one_line_exit_2(run, tmp_path, caps
     assert not (tmp_path / "merged").exists()
     assert main(["export", str(run / "nothing-here"), "--out", str(tmp_path / "merged")]) == 2
     assert len(_error_lines(capsys)) == 1
+
+
+def test_a_full_disk_anywhere_else_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    """E.g. the final export of a finished run, or `data convert --out` on a full disk."""
+    import vlmforge.train.export as export
+    from safetensors import SafetensorError
+
+    def full(checkpoint, out):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(export, "export_checkpoint", full)
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "merged")]) == 2
+    errors = _error_lines(capsys)
+    assert errors == ["error: no space left on device; free some space and run the command again (a training run "
+                      "continues from its last checkpoint with --resume)"]
+
+    def other(checkpoint, out):
+        raise RuntimeError("a bug, not the user's disk")
+
+    monkeypatch.setattr(export, "export_checkpoint", other)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["export", str(tmp_path), "--out", str(tmp_path / "merged")])

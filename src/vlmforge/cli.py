@@ -89,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a full disk can meet any command's writes: one line, not a traceback
+        from vlmforge.utils.atomic import disk_full_message
+
+        if disk_full_message(error) is None:
+            raise
+        print(f"error: {disk_full_message(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

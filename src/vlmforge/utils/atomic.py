@@ -127,14 +127,11 @@ def _pid_alive(pid: int) -> bool:
 
 def is_disk_full(error: BaseException) -> bool:
     """Whether a failed write ran out of space (or quota); torch and safetensors wrap the OSError."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+    for cause in _chain(error):
+        if getattr(cause, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "No space left on device" in str(error) or "os error 28" in str(error) or "Disk quota exceeded" in str(error):
+        if any(text in str(cause) for text in ("No space left on device", "os error 28", "Disk quota exceeded")):
             return True
-        error = error.__cause__ or error.__context__
     return False
 
 
@@ -147,7 +144,27 @@ def describe_device(path: str | Path) -> str:
     while not os.path.ismount(mount) and mount != mount.parent:
         mount = mount.parent
     try:
-        free = shutil.disk_usage(path).free / 1e6
+        free = shutil.disk_usage(path).free
     except OSError:
         return f"the file system at {mount}"
-    return f"the file system at {mount} ({free:.1f} MB free)"
+    return f"the file system at {mount} ({free / 1e6:.1f} MB free)" if free >= 1e6 else \
+        f"the file system at {mount} ({free / 1e3:.0f} kB free)"
+
+
+def disk_full_message(error: BaseException) -> str | None:
+    """One line for a full disk met anywhere (None for other errors): which file, which device."""
+    if not is_disk_full(error):
+        return None
+    filename = next((e.filename for e in _chain(error) if getattr(e, "filename", None)), None)
+    advice = "free some space and run the command again (a training run continues from its last checkpoint with --resume)"
+    if filename is None:
+        return f"no space left on device; {advice}"
+    return f"no space left on {describe_device(Path(filename).parent)} while writing {filename}; {advice}"
+
+
+def _chain(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
