@@ -1,13 +1,16 @@
 """The chat page at `/`, driven in a real headless Chromium (Debian's, through Playwright).
 
 Upload an image, ask, see the streamed answer appear (equal to `generate` on the same model),
-continue the conversation, clear it, paste an image, and see a refused request shown as an error.
-`scripts/install-browser.sh` installs chromium and Playwright; without chromium the test is skipped.
+continue the conversation, clear it, paste an image, see a refused request shown as an error, and
+see a Chinese answer drawn in real glyphs (not boxes: that needs a CJK font beside the browser).
+`scripts/install-browser.sh` installs chromium, a CJK font and Playwright; without chromium the test is skipped.
 """
 
 import io
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -42,14 +45,19 @@ def server(lively_model, tiny_vlm_dir):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def playwright():
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page()
-        page.set_default_timeout(30_000)
-        yield page
-        browser.close()
+        yield playwright
+
+
+@pytest.fixture(scope="module")
+def page(server, playwright):
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    browser.close()
 
 
 def answer_of(lively_model, messages, images) -> str:
@@ -147,3 +155,62 @@ def test_a_page_from_another_origin_calls_the_api_only_when_allowed(page, lively
             assert page.evaluate(FETCH_CHAT, open_api.url) == [200, 1]
             status, reason = page.evaluate(FETCH_CHAT, closed_api.url)
             assert status == "blocked" and "Failed to fetch" in reason
+
+
+# [distinct characters, distinct drawings] of an element's text, each character drawn alone in the
+# element's font. Characters without a glyph in any installed font are all drawn as the same box.
+GLYPHS = """selector => {
+  const element = document.querySelector(selector);
+  const characters = [...new Set(element.textContent.replace(/\\s/g, ""))];
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 48;
+  const context = canvas.getContext("2d");
+  context.font = "32px " + getComputedStyle(element).fontFamily;
+  const drawings = characters.map(character => {
+    context.clearRect(0, 0, 48, 48);
+    context.fillText(character, 4, 38);
+    return context.getImageData(0, 0, 48, 48).data.join(",");
+  });
+  return [characters.length, new Set(drawings).size];
+}"""
+CHINESE_QUESTION, CHINESE_ANSWER = "三角形是什么颜色？", "红色的三角形在左上角"
+
+
+def chinese_font_installed() -> bool:
+    found = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True)
+    return found.returncode == 0 and bool(found.stdout.strip())
+
+
+def test_a_chinese_answer_is_drawn_in_real_glyphs(page, server):
+    if not chinese_font_installed():
+        pytest.skip("no Chinese font installed (scripts/install-browser.sh installs fonts-wqy-microhei)")
+    body = "".join(f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': piece}}]})}\n\n"
+                   for piece in (CHINESE_ANSWER[:4], CHINESE_ANSWER[4:])) + "data: [DONE]\n\n"
+    page.route("**/v1/chat/completions",
+               lambda route: route.fulfill(status=200, content_type="text/event-stream", body=body))
+    try:
+        page.goto(server.url + "/")
+        assert ask(page, CHINESE_QUESTION) == CHINESE_ANSWER
+    finally:
+        page.unroute("**/v1/chat/completions")
+    for selector, text in ((".message.assistant .text", CHINESE_ANSWER), (".message.user .text", CHINESE_QUESTION)):
+        assert page.evaluate(GLYPHS, selector) == [len(set(text))] * 2, selector
+
+
+def test_without_a_chinese_font_the_glyph_check_sees_boxes(playwright, tmp_path):
+    """The check above can fail: a browser that sees only a Latin font draws every Chinese character alike."""
+    latin = subprocess.run(["fc-match", "-f", "%{file}", "DejaVu Sans"], capture_output=True, text=True).stdout
+    if not latin.endswith(".ttf"):
+        pytest.skip("DejaVu Sans is not installed")
+    config = tmp_path / "fonts.conf"
+    config.write_text(f"<?xml version='1.0'?><fontconfig><dir>{Path(latin).parent}</dir>"
+                      f"<cachedir>{tmp_path / 'cache'}</cachedir></fontconfig>")
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
+                                         env={**os.environ, "FONTCONFIG_FILE": str(config)})
+    try:
+        page = browser.new_page()
+        page.set_content(f"<p style='font: 15px system-ui, sans-serif'>{CHINESE_ANSWER}</p><p>abc</p>")
+        assert page.evaluate(GLYPHS, "p") == [len(set(CHINESE_ANSWER)), 1]
+        assert page.evaluate(GLYPHS, "p + p") == [3, 3]
+    finally:
+        browser.close()
