@@ -182,3 +182,28 @@ def test_a_full_disk_anywhere_else_is_one_line_exit_2(tmp_path, capsys, monkeypa
     monkeypatch.setattr(export, "export_checkpoint", other)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["export", str(tmp_path), "--out", str(tmp_path / "merged")])
+
+
+def _pickled_copy(folder, out):
+    """`folder` with its model.safetensors replaced by a .bin pickle that names a class of ours."""
+    from safetensors.torch import load_file
+
+    shutil.copytree(folder, out)
+    weights = dict(load_file(out / "model.safetensors"))
+    (out / "model.safetensors").unlink()
+    weights["extra"] = Payload()
+    torch.save(weights, out / "pytorch_model.bin")
+    return out
+
+
+def test_a_pickled_bin_model_is_one_line_that_says_what_to_do(tiny_vlm_dir, tiny_parts, tmp_path, capsys):
+    from vlmforge.errors import ModelError
+    from vlmforge.model.load import load
+
+    vlm = _pickled_copy(tiny_vlm_dir, tmp_path / "vlm")
+    with pytest.raises(ModelError, match="pickled .bin weights file.*weights_only=True.*safetensors"):
+        load(vlm)
+    llm = _pickled_copy(tiny_parts["qwen2"], tmp_path / "llm")
+    assert main(["build", "--vision", str(tiny_parts["siglip"]), "--llm", str(llm), "--out", str(tmp_path / "out")]) == 2
+    errors = _error_lines(capsys)
+    assert len(errors) == 1 and "pickled Python objects" in errors[0] and "Payload" in errors[0]

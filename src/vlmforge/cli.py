@@ -13,6 +13,8 @@ import argparse
 import importlib
 import logging
 import os
+import pickle
+import re
 import sys
 import warnings
 
@@ -89,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except pickle.UnpicklingError as error:  # torch's weights_only refusal: its own message is a page
+        print(f"error: {_pickle_refusal(error)}", file=sys.stderr)
+        return 2
     except Exception as error:  # a full disk can meet any command's writes: one line, not a traceback
         from vlmforge.utils.atomic import disk_full_message
 
@@ -96,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {disk_full_message(error)}", file=sys.stderr)
         return 2
+
+
+def _pickle_refusal(error: Exception) -> str:
+    """One line for a pickled weights file that weights_only loading refused (or could not read)."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    what = f"it names {found.group(1)}" if found else str(error).splitlines()[0][:200]
+    return (f"a .bin/.pt weights file holds pickled Python objects, which vlmforge never loads (weights_only=True; {what}): "
+            "re-save it as safetensors where you trust its source (save_pretrained(out, safe_serialization=True))")
 
 
 if __name__ == "__main__":

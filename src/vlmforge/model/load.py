@@ -6,6 +6,7 @@ failures into one clear line.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 from vlmforge.errors import ModelError
@@ -29,6 +30,10 @@ def load(path: str | Path, dtype: str | None = None, device: str | None = None):
     except (OSError, ValueError, KeyError) as error:
         where = "no such folder, and not a hub id that can be loaded (offline?)" if not Path(path).exists() else str(error)
         raise ModelError(f"cannot load a vision-language model from {path}: {where.splitlines()[0]}") from None
+    except pickle.UnpicklingError:  # torch's weights_only refusal: its message is a page of advice to disable it
+        raise ModelError(f"{path} has a pickled .bin weights file holding Python objects, which vlmforge never loads "
+                         "(weights_only=True): re-save the model as safetensors where you trust its source "
+                         "(save_pretrained(out, safe_serialization=True)) and use that folder") from None
     if device:
         model = model.to(device)
     return model.eval(), processor
