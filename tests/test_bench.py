@@ -1,5 +1,6 @@
-"""`vlmforge bench`: the report it writes, FLOPs counted by hand, exact token lengths, and the levers'
-numerics (grouping, LM head on trained positions only, bf16) against the plain path. No timing asserts."""
+"""`vlmforge bench`: the report it writes (against TRL's SFTTrainer and the naive loop), FLOPs counted by
+hand, exact token lengths, the levers' numerics (grouping, LM head on trained positions only, bf16)
+against the plain path, the breakdown. No timing asserts."""
 
 import json
 
@@ -16,15 +17,34 @@ from vlmforge.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
+    """The shipped default (TRL when installed: the `bench` extra CI installs), with the breakdown."""
+    pytest.importorskip("trl")
     out = tmp_path_factory.mktemp("bench") / "out.json"
-    assert main(["bench", "--config", "tiny", "--steps", "2", "--json", str(out)]) == 0
+    assert main(["bench", "--config", "tiny", "--steps", "2", "--breakdown", "--json", str(out)]) == 0
     return json.loads(out.read_text())
 
 
+@pytest.fixture(scope="module")
+def naive_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-naive") / "out.json"
+    assert main(["bench", "--config", "tiny", "--steps", "1", "--baseline", "naive", "--no-generation",
+                 "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+SIDE_KEYS = {"precision", "steps", "real_tokens", "padded_tokens", "trained_tokens", "samples", "seconds", "median_step_s",
+             "data_s_per_step", "real_tokens_per_s", "samples_per_s", "pad_fraction", "flops_per_step",
+             "executed_flops_per_step", "six_n_t_per_step", "achieved_tflops", "ceiling_tflops", "mfu", "peak_memory_mb",
+             "resident_mb", "step_peak_mb", "final_loss", "step1_loss", "trainable_params"}
+
+
 def test_tiny_bench_writes_every_key(tiny_report):
-    assert {"config", "machine", "gemm", "training", "inference"} <= set(tiny_report)
+    assert {"config", "steps", "baseline", "machine", "gemm", "training", "inference", "breakdown"} <= set(tiny_report)
+    assert tiny_report["baseline"] == "trl"  # the default when TRL is installed
     training = tiny_report["training"]
-    assert {"vlmforge", "baseline", "speedup", "pad_fraction", "mfu", "flops_per_step"} <= set(training)
+    assert {"vlmforge", "baseline", "baseline_name", "speedup", "pad_fraction", "mfu", "flops_per_step", "step1_loss",
+            "trainable_params"} <= set(training)
+    assert SIDE_KEYS <= set(training["vlmforge"]) and SIDE_KEYS <= set(training["baseline"])
     assert training["speedup"] > 0 and 0 <= training["pad_fraction"] < 1 and training["mfu"] > 0
     for side in ("vlmforge", "baseline"):
         summary = training[side]
@@ -33,6 +53,34 @@ def test_tiny_bench_writes_every_key(tiny_report):
     for path in ("vlmforge", "plain"):
         for batch in ("batch_1", "batch_8"):
             assert tiny_report["inference"][path][batch]["ttft_ms"] > 0
+
+
+def test_trl_starts_from_vlmforge_loss_with_the_same_trainable_parameters(tiny_report):
+    training = tiny_report["training"]
+    assert training["baseline_name"] == "trl"
+    # same model, same samples, LoRA B = 0 at the start: TRL's collator and loss give vlmforge's first loss
+    assert training["trainable_params"]["vlmforge"] == training["trainable_params"]["baseline"] > 0
+    assert training["step1_loss"]["baseline"] == pytest.approx(training["step1_loss"]["vlmforge"], rel=1e-4)
+    assert training["step1_loss"]["vlmforge"] > 1.0  # random weights: a real loss, not a masked-out zero
+
+
+def test_naive_baseline_still_runs(naive_report):
+    training = naive_report["training"]
+    assert naive_report["baseline"] == training["baseline_name"] == "naive" and naive_report["inference"] is None
+    assert SIDE_KEYS <= set(training["baseline"]) and training["speedup"] > 0
+    assert training["trainable_params"]["vlmforge"] == training["trainable_params"]["baseline"]  # vision: not in the optimizer
+    assert training["step1_loss"]["baseline"] == pytest.approx(training["step1_loss"]["vlmforge"], rel=1e-4)
+    assert training["vlmforge"]["real_tokens"] == training["baseline"]["real_tokens"]
+
+
+def test_breakdown_switches_each_lever_off(tiny_report):
+    from vlmforge.bench.levers import LEVERS
+
+    breakdown, ours = tiny_report["breakdown"], tiny_report["training"]["vlmforge"]
+    assert set(breakdown) == set(LEVERS)  # on a CPU the bench runs LoRA dropout 0, so that lever is measured too
+    assert breakdown["padding"]["pad_fraction"] > ours["pad_fraction"]
+    assert breakdown["precision"]["precision"] != ours["precision"]
+    assert all(row["real_tokens_per_s"] > 0 and row["gain"] > 0 for row in breakdown.values())
 
 
 def test_baseline_and_vlmforge_train_on_the_same_tokens(tiny_report):
@@ -270,3 +318,43 @@ def test_plan_reads_a_model_folder(tiny_vlm_dir, capsys):
     assert main(["bench", "--plan", "instruct-lora", "--model", str(tiny_vlm_dir), "--gpu-gb", "8"]) == 0
     out = capsys.readouterr().out
     assert str(tiny_vlm_dir) in out and "micro-batch 32 without gradient checkpointing" in out
+
+
+def test_trl_training_template_marks_answers_and_their_end():
+    from vlmforge.bench.trl_baseline import CHATML_TURN, training_chat_template, trl_messages
+    from vlmforge.model.build import add_image_token
+    from vlmforge.model.tiny import make_tokenizer
+
+    template = training_chat_template("{%- for message in messages -%}" + CHATML_TURN + "{%- endfor -%}")
+    tokenizer = make_tokenizer("chatml")
+    add_image_token(tokenizer)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a cat"}]
+    out = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    marked = [token for token, mask in zip(out["input_ids"], out["assistant_masks"]) if mask]
+    assert tokenizer.decode(marked) == "a cat<|im_end|>"
+    assert trl_messages([{"role": "user", "content": "<image>\nWhat?"}, {"role": "assistant", "content": "<image> stays"}]) \
+        == [{"role": "user", "content": "What?"}, {"role": "assistant", "content": "<image> stays"}]
+    with pytest.raises(ConfigError, match="ChatML"):
+        training_chat_template("{{ messages }}")
+
+
+def test_trl_baseline_without_trl_is_one_line(monkeypatch, capsys):
+    import vlmforge.bench.trl_baseline as trl_baseline
+
+    monkeypatch.setattr(trl_baseline, "trl_available", lambda: False)
+    assert main(["bench", "--config", "tiny", "--baseline", "trl"]) == 2
+    err = capsys.readouterr().err
+    assert "[bench]" in err and "Traceback" not in err
+
+
+def test_export_data_writes_what_another_trainer_needs(tmp_path):
+    from vlmforge.bench.runner import export_bench
+
+    folder = export_bench("tiny", tmp_path / "export", steps=2)
+    settings = json.loads((folder / "settings.json").read_text())
+    config = get_config("tiny")
+    assert (folder / settings["model"] / "config.json").exists() and (folder / settings["data"]).exists()
+    assert len(settings["indices"]) == 2 * config.global_batch and settings["warmup_indices"] == settings["indices"][:4]
+    assert settings["lora_rank"] == config.lora_rank and settings["trainable_params"] > 0
+    assert {"q_proj", "down_proj"} <= set(settings["lora_targets"])

@@ -125,15 +125,16 @@ class BaselineSide(TrainingSide):
         config = self.model.get_base_model().config
         self.run = TrainingRun("baseline", "fp32", ModelShape.from_llava_config(config, settings.lora_rank),
                                vision_trained=True, logits_on_all=True)
+        self.run.trainable_params = sum(p.numel() for group in self.optimizer.param_groups for p in group["params"])
         records = NaiveDataset(data_path, processor, config.image_seq_length, settings.max_length)
         self.records, self.warmup_indices = records, warmup_indices
         self.pad_id = processor.tokenizer.pad_token_id or 0
         self.batches = iter(_loader(torch.utils.data.Subset(records, indices), settings, self.pad_id))
 
-    def warmup(self) -> None:
+    def warmup(self) -> float:
         size = self.settings.batch_size
         items = [self.records[index] for index in self.warmup_indices]
-        self.step([pad_to_longest(items[i:i + size], self.pad_id) for i in range(0, len(items), size)])
+        return self.step([pad_to_longest(items[i:i + size], self.pad_id) for i in range(0, len(items), size)])
 
     def load(self) -> list:
         return [next(self.batches) for _ in range(self.settings.grad_accum)]

@@ -1,4 +1,4 @@
-"""The benchmark report as a plain-text table: vlmforge, the baseline, and their ratio."""
+"""The benchmark report as a plain-text table: vlmforge, the baseline (TRL or naive), their ratio, the levers."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def _rows(report: dict) -> list[tuple[str, str, str, str]]:
     ours, theirs = training["vlmforge"], training["baseline"]
     if "error" in theirs:
         theirs = {}
-    rows = [("training", f"vlmforge ({ours['precision']})", f"baseline ({theirs.get('precision', 'fp32')})", "ratio")]
+    name = {"trl": "TRL SFTTrainer", "naive": "naive loop"}.get(training.get("baseline_name"), "baseline")
+    rows = [("training", f"vlmforge ({ours['precision']})", f"{name} ({theirs.get('precision', 'fp32')})", "ratio")]
     for label, key, digits in (("real tokens/s", "real_tokens_per_s", 0), ("samples/s", "samples_per_s", 2),
                                ("median step (s)", "median_step_s", 3)):
         rows.append((label, _number(ours[key], digits), _number(theirs.get(key), digits),
@@ -35,6 +36,16 @@ def _rows(report: dict) -> list[tuple[str, str, str, str]]:
     rows.append(("MFU", _percent(ours["mfu"]), _percent(theirs.get("mfu")), ""))
     rows.append(("pad fraction", _percent(ours["pad_fraction"]), _percent(theirs.get("pad_fraction")), ""))
     rows.append(("peak memory (MB)", _number(ours["peak_memory_mb"], 0), _number(theirs.get("peak_memory_mb"), 0), ""))
+    rows.append(("trainable parameters", _number(ours.get("trainable_params"), 0), _number(theirs.get("trainable_params"), 0), ""))
+    rows.append(("step-1 loss", _number(ours.get("step1_loss"), 4), _number(theirs.get("step1_loss"), 4), ""))
+    breakdown = report.get("breakdown")
+    if breakdown:
+        from vlmforge.bench.levers import LEVER_LABELS
+
+        rows.append(("vlmforge with one lever off", "real tokens/s", "pad fraction", "ratio"))
+        for lever, row in breakdown.items():
+            rows.append((LEVER_LABELS.get(lever, lever) + (f" ({row['precision']})" if lever == "precision" else ""),
+                         _number(row["real_tokens_per_s"], 0), _percent(row["pad_fraction"]), f"{row['gain']:.2f}×"))
     inference = report.get("inference")
     if inference:
         rows.append((f"generation ({inference['dtype']})", "vlmforge", "plain generate", "ratio"))

@@ -14,7 +14,7 @@ import gc
 import json
 import logging
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vlmforge.bench.configs import BenchConfig, get_config
@@ -35,16 +35,38 @@ def bench_device(config: BenchConfig, device: str = ""):
     return torch.device(name)
 
 
+BASELINES = ("trl", "naive")
+
+
+def default_baseline() -> str:
+    """`trl` when TRL is installed (the `bench` extra), else the naive loop."""
+    from vlmforge.bench.trl_baseline import trl_available
+
+    return "trl" if trl_available() else "naive"
+
+
 def run_bench(config_name: str, steps: int | None = None, device: str = "", work_dir: str | Path | None = None,
-              precision: str = "auto", threads: int | None = None) -> dict:
+              precision: str = "auto", threads: int | None = None, baseline: str = "", breakdown: bool = False,
+              inference: bool = True, progress=None) -> dict:
     """Measure everything for `config_name`; returns the report (its keys: docs/performance.md).
 
     `threads` sets torch's CPU threads (on a CPU shared with other torch work, 1 thread avoids the
-    oversubscription that makes every step many times slower).
+    oversubscription that makes every step many times slower). `baseline`: "trl" (TRL's SFTTrainer,
+    the `bench` extra) or "naive" (a plain transformers + peft loop); default: trl when installed.
+    `breakdown` also times vlmforge with each of its levers switched off in turn. `progress(phase, total)`
+    returns an object with `update()` / `close()` (a tqdm bar, say) for each phase; None: silent.
     """
     import torch
 
     config = get_config(config_name)
+    baseline = baseline or default_baseline()
+    if baseline not in BASELINES:
+        raise ConfigError(f"unknown baseline '{baseline}' (choose from {', '.join(BASELINES)})")
+    if baseline == "trl":
+        from vlmforge.bench.trl_baseline import trl_available
+
+        if not trl_available():
+            raise ConfigError("--baseline trl needs TRL: pip install -e '.[bench]' (or --baseline naive)")
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {threads}")
@@ -54,29 +76,101 @@ def run_bench(config_name: str, steps: int | None = None, device: str = "", work
             raise ConfigError(f"--steps must be >= 1, got {steps}")
         config = replace(config, steps=steps)
     torch_device = bench_device(config, device)
+    options = Options(precision, baseline, breakdown, inference, progress or _silent)
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
-        return _run(config, torch_device, Path(work_dir), precision)
+        return _run(config, torch_device, Path(work_dir), options)
     with tempfile.TemporaryDirectory(prefix="vlmforge-bench-") as folder:
-        return _run(config, torch_device, Path(folder), precision)
+        return _run(config, torch_device, Path(folder), options)
 
 
-def _run(config: BenchConfig, device, folder: Path, precision: str) -> dict:
+def export_bench(config_name: str, out_dir: str | Path, steps: int | None = None, precision: str = "auto") -> Path:
+    """Write `config_name`'s model folder, data and the settings both sides share to `out_dir` (for a trainer that
+    cannot share this process, e.g. LLaMA-Factory: scripts/bench-llamafactory.sh); returns `out_dir`.
+
+    settings.json holds the batch, LoRA, learning rates, schedule, precision and the dataset rows vlmforge's
+    warm-up and timed steps train on, in order.
+    """
+    from vlmforge.bench.models import build_model_folder
+    from vlmforge.bench.synthetic_data import write_bench_dataset
+    from vlmforge.bench.vlmforge_training import VlmforgeSide, bench_recipe
+    from vlmforge.utils.atomic import atomic_write_text
+
+    config = get_config(config_name)
+    if config.needs_cuda:
+        raise ConfigError(f"--export-data writes a model folder; {config.name} is built on the GPU (use small)")
+    if steps is not None:
+        if steps < 1:
+            raise ConfigError(f"--steps must be >= 1, got {steps}")
+        config = replace(config, steps=steps)
+    folder = Path(out_dir)
+    data_path = write_bench_dataset(folder / "data", config.dataset_size, config.vision.image_size,
+                                    text_scale=config.text_scale)
+    model_dir = build_model_folder(config, folder / "model")
+    recipe = bench_recipe(config, model_dir, data_path, folder / "run", cuda=False, precision=precision)
+    side = VlmforgeSide(recipe)
+    indices = side.trained_sample_indices()
+    train = recipe.train
+    settings = {
+        "config": config.name, "steps": config.steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+        "lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha, "lora_dropout": recipe.lora.dropout,
+        "lora_targets": sorted({name.rsplit(".", 1)[-1] for name, module in side.trainer.unwrapped.named_modules()
+                                if hasattr(module, "lora_A")}),
+        "lr_projector": train.lr.projector,
+        "lr_llm": train.lr.llm, "warmup_ratio": train.warmup_ratio, "max_grad_norm": train.max_grad_norm,
+        "max_length": config.max_length, "precision": side.run.precision, "seed": train.seed,
+        "trainable_params": side.run.trainable_params,
+        "model": str(model_dir.relative_to(folder)), "data": str(data_path.relative_to(folder)),
+        "warmup_indices": indices[:config.global_batch], "indices": indices,
+    }
+    atomic_write_text(folder / "settings.json", json.dumps(settings, indent=1) + "\n")
+    return folder
+
+
+@dataclass
+class Options:
+    precision: str
+    baseline: str
+    breakdown: bool
+    inference: bool
+    progress: object
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _silent(phase: str, total: int) -> _NoBar:
+    return _NoBar()
+
+
+def _run(config: BenchConfig, device, folder: Path, options: Options) -> dict:
     from vlmforge.bench.machine import best_gemm, load_average, machine_info, measure_gemm
     from vlmforge.bench.models import build_model_folder
     from vlmforge.bench.synthetic_data import write_bench_dataset
 
-    report = {"config": config.name, "steps": config.steps, "machine": machine_info(device)}
-    log.info("GEMM ceiling (%d×%d)...", config.gemm_size, config.gemm_size)
+    report = {"config": config.name, "steps": config.steps, "baseline": options.baseline, "machine": machine_info(device)}
+    bar = options.progress("set-up (ceiling, data, model)", 3)
     gemm_before = measure_gemm(device, config.gemm_size)
+    bar.update()
     data_path = write_bench_dataset(folder / "data", config.dataset_size, config.vision.image_size,
                                     text_scale=config.text_scale)
+    bar.update()
     model_dir = build_model_folder(config, folder / "model")
-    bench = _Bench(config, device, folder, data_path, model_dir, precision)
-    vlmforge_run, baseline_run, report["inference"] = bench.run()
+    bar.update()
+    bar.close()
+    bench = _Bench(config, device, folder, data_path, model_dir, options)
+    vlmforge_run, baseline_run, report["inference"], lever_runs = bench.run()
     report["gemm"] = best_gemm(gemm_before, measure_gemm(device, config.gemm_size))
     report["machine"]["load_average_end"] = load_average()
     report["training"] = training_report(vlmforge_run, baseline_run, report["gemm"])
+    report["training"]["baseline_name"] = options.baseline
+    if lever_runs:
+        report["breakdown"] = breakdown_report(vlmforge_run, lever_runs, report["gemm"])
     return report
 
 
@@ -89,34 +183,56 @@ def training_report(vlmforge_run, baseline_run, gemm: dict) -> dict:
     theirs = baseline_run.summary(_ceiling(gemm, baseline_run.precision))
     speedup = ours["real_tokens_per_s"] / theirs["real_tokens_per_s"] if "error" not in theirs else None
     return {"vlmforge": ours, "baseline": theirs, "speedup": speedup, "pad_fraction": ours["pad_fraction"],
-            "mfu": ours["mfu"], "flops_per_step": ours["flops_per_step"]}
+            "mfu": ours["mfu"], "flops_per_step": ours["flops_per_step"],
+            "step1_loss": {"vlmforge": ours.get("step1_loss"), "baseline": theirs.get("step1_loss")},
+            "trainable_params": {"vlmforge": ours.get("trainable_params"), "baseline": theirs.get("trainable_params")}}
+
+
+def breakdown_report(vlmforge_run, lever_runs: dict, gemm: dict) -> dict:
+    """Per lever: vlmforge's real tokens/s with that lever switched off, and what the lever is worth (all on ÷ off)."""
+    ours = vlmforge_run.summary(_ceiling(gemm, vlmforge_run.precision))["real_tokens_per_s"]
+    rows = {}
+    for lever, run in lever_runs.items():
+        summary = run.summary(_ceiling(gemm, run.precision))
+        rows[lever] = {"real_tokens_per_s": summary["real_tokens_per_s"], "pad_fraction": summary["pad_fraction"],
+                       "precision": summary["precision"], "peak_memory_mb": summary["peak_memory_mb"],
+                       "gain": ours / summary["real_tokens_per_s"]}
+    return rows
 
 
 class _Bench:
     """The phases of one run over one model folder and one dataset."""
 
-    def __init__(self, config: BenchConfig, device, folder: Path, data_path: Path, model_dir: Path, precision: str):
+    def __init__(self, config: BenchConfig, device, folder: Path, data_path: Path, model_dir: Path, options: Options):
         self.config, self.device, self.folder = config, device, folder
-        self.data_path, self.model_dir, self.precision = data_path, model_dir, precision
+        self.data_path, self.model_dir, self.options = data_path, model_dir, options
 
     def run(self):
-        """(vlmforge TrainingRun, baseline TrainingRun, inference report)."""
+        """(vlmforge TrainingRun, baseline TrainingRun, inference report or None, {lever: TrainingRun})."""
         from vlmforge.bench.training_run import run_sides
 
         vlmforge_side = self._vlmforge_side()
         indices = vlmforge_side.trained_sample_indices()
+        steps, progress = self.config.steps, self.options.progress
+        lever_runs = {}
         if self.device.type == "cuda":  # one side at a time: a 7B model and its activations fill the GPU
-            run_sides([vlmforge_side], self.config.steps, alternate=False)
+            run_sides([vlmforge_side], steps, alternate=False, bar=progress("training: vlmforge", steps + 1))
+            if self.options.breakdown:
+                lever_runs = self._levers_alone(vlmforge_side)
             inference = self._inference(vlmforge_side)
             baseline_run = self._baseline_alone(indices)
         else:
-            baseline_side = self._baseline_side(indices)
-            run_sides([vlmforge_side, baseline_side], self.config.steps, alternate=True)
-            baseline_run = baseline_side.run
-            del baseline_side
+            sides = [vlmforge_side, self._baseline_side(indices)]
+            if self.options.breakdown:
+                sides += self._lever_sides(vlmforge_side).values()
+            names = " + ".join(["vlmforge", self.options.baseline] + [side.lever for side in sides[2:]])
+            run_sides(sides, steps, alternate=True, bar=progress(f"training: {names}, alternating", (steps + 1) * len(sides)))
+            baseline_run = sides[1].run
+            lever_runs = {side.lever: side.run for side in sides[2:]}
+            del sides
             _free(self.device)
             inference = self._inference(vlmforge_side)
-        return vlmforge_side.run, baseline_run, inference
+        return vlmforge_side.run, baseline_run, inference, lever_runs
 
     def _base_model(self):
         """(model, processor) for configs built in memory (7b-lora); None: the folder is loaded."""
@@ -124,14 +240,40 @@ class _Bench:
 
         return instantiate_large(self.config, self.model_dir, str(self.device)) if self.config.needs_cuda else None
 
-    def _vlmforge_side(self):
-        from vlmforge.bench.vlmforge_training import VlmforgeSide, bench_recipe
+    def _recipe(self):
+        from vlmforge.bench.vlmforge_training import bench_recipe
 
-        recipe = bench_recipe(self.config, self.model_dir, self.data_path, self.folder / "run",
-                              cuda=self.device.type == "cuda", precision=self.precision)
-        return VlmforgeSide(recipe, base_model=self._base_model())
+        return bench_recipe(self.config, self.model_dir, self.data_path, self.folder / "run",
+                            cuda=self.device.type == "cuda", precision=self.options.precision)
+
+    def _vlmforge_side(self):
+        from vlmforge.bench.vlmforge_training import VlmforgeSide
+
+        return VlmforgeSide(self._recipe(), base_model=self._base_model())
+
+    def _lever_sides(self, vlmforge_side) -> dict:
+        from vlmforge.bench.levers import lever_sides
+
+        if self.config.needs_cuda:
+            raise ConfigError(f"--breakdown is for configs that fit several copies in memory (tiny, small), "
+                              f"not {self.config.name}")
+        return lever_sides(self._recipe(), vlmforge_side.trainer.bf16)
+
+    def _levers_alone(self, vlmforge_side) -> dict:
+        from vlmforge.bench.training_run import run_sides
+
+        runs = {}
+        for lever, side in self._lever_sides(vlmforge_side).items():
+            run_sides([side], self.config.steps, alternate=False,
+                      bar=self.options.progress(f"breakdown: without {lever}", self.config.steps + 1))
+            runs[lever] = side.run
+            del side
+            _free(self.device)
+        return runs
 
     def _baseline_side(self, indices: list[int]):
+        if self.options.baseline == "trl":
+            return self._trl_side(indices)
         from vlmforge.bench.baseline import BaselineSettings, BaselineSide
         from vlmforge.model.load import load
 
@@ -141,6 +283,24 @@ class _Bench:
         model, processor = self._base_model() or load(self.model_dir, dtype="float32")
         warmup_indices = indices[:self.config.global_batch]  # vlmforge's first global batch: the longest
         return BaselineSide(model, processor, self.data_path, indices, settings, self.device, warmup_indices)
+
+    def _trl_side(self, indices: list[int]):
+        """TRL's SFTTrainer with vlmforge's batch, LoRA, learning rates, schedule, clipping and precision."""
+        from vlmforge.bench.trl_baseline import PeerSettings, TrlSide
+        from vlmforge.model.load import load
+        from vlmforge.train.loop import choose_precision
+
+        config, recipe = self.config, self._recipe()
+        train = recipe.train
+        settings = PeerSettings(batch_size=config.batch_size, grad_accum=config.grad_accum, lora_rank=config.lora_rank,
+                                lora_alpha=config.lora_alpha, lora_dropout=recipe.lora.dropout,
+                                lr_projector=train.lr.projector, lr_llm=train.lr.llm, warmup_ratio=train.warmup_ratio,
+                                max_grad_norm=train.max_grad_norm, max_length=config.max_length,
+                                bf16=choose_precision(train.precision, self.device), steps=config.steps, seed=train.seed)
+        model, processor = self._base_model() or load(self.model_dir, dtype="float32")
+        warmup_indices = indices[:self.config.global_batch]
+        return TrlSide(model, processor, self.data_path, indices, settings, self.device, warmup_indices,
+                       self.folder / "trl")
 
     def _baseline_alone(self, indices: list[int]):
         """The baseline on its own (GPU); an out-of-memory baseline is reported as such."""
@@ -152,22 +312,28 @@ class _Bench:
         _free(self.device)  # the vlmforge side's model is gone: give its memory back before building this one
         try:
             side = self._baseline_side(indices)
-            run_sides([side], self.config.steps, alternate=False)
+            run_sides([side], self.config.steps, alternate=False,
+                      bar=self.options.progress(f"training: {self.options.baseline}", self.config.steps + 1))
             return side.run
         except torch.OutOfMemoryError:
             log.warning("baseline: out of memory on %s", self.device)
-            return TrainingRun("baseline", "fp32", shape=None, error="out of memory")
+            return TrainingRun(self.options.baseline, "fp32", shape=None, error="out of memory")
         finally:
             del side
             _free(self.device)
 
-    def _inference(self, vlmforge_side) -> dict:
-        """Export the trained model (LoRA merged) and time generation on it; frees the trainer."""
+    def _inference(self, vlmforge_side) -> dict | None:
+        """Export the trained model (LoRA merged) and time generation on it; frees the trainer. None: not asked for."""
         from vlmforge.bench.inference import measure_inference
         from vlmforge.model.load import load
         from vlmforge.train.export import export_model
 
         trainer = vlmforge_side.trainer
+        if not self.options.inference:
+            vlmforge_side.trainer = trainer = None
+            _free(self.device)
+            return None
+        bar = self.options.progress("generation: export, then both paths", 2)
         if self.config.needs_cuda:  # no round trip through the disk for 7B: merge in memory
             import torch
 
@@ -177,10 +343,14 @@ class _Bench:
             model, processor = load(self.folder / "export", device=str(self.device))
         vlmforge_side.trainer = trainer = None
         _free(self.device)
+        bar.update()
         records = [json.loads(line) for line in self.data_path.read_text(encoding="utf-8").splitlines()]
         log.info("generation: batch %s, %d new tokens...", list(self.config.generation_batches), self.config.max_new_tokens)
-        return measure_inference(model, processor, records, self.data_path.parent, self.config.generation_batches,
-                                 self.config.max_new_tokens)
+        result = measure_inference(model, processor, records, self.data_path.parent, self.config.generation_batches,
+                                   self.config.max_new_tokens)
+        bar.update()
+        bar.close()
+        return result
 
 
 def _free(device) -> None:

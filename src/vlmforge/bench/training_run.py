@@ -34,6 +34,8 @@ class TrainingRun:
     model_flops: float = 0.0  # what the training needs: the real tokens, vlmforge's trainability
     executed_flops: float = 0.0  # what this side computes: its padding, its logits, its vision gradients
     six_n_t: float = 0.0
+    trainable_params: int = 0
+    step1_loss: float | None = None  # the warm-up step's loss: every side's first step, on the same samples
     resident_bytes: int = 0  # weights + optimizer state, between steps
     step_peak_bytes: int = 0  # what the longest batch's step added on top
     error: str = ""
@@ -82,6 +84,7 @@ class TrainingRun:
             "peak_memory_mb": round((self.resident_bytes + self.step_peak_bytes) / 2**20, 1),
             "resident_mb": round(self.resident_bytes / 2**20, 1), "step_peak_mb": round(self.step_peak_bytes / 2**20, 1),
             "final_loss": self.losses[-1] if self.losses else None,
+            "step1_loss": self.step1_loss, "trainable_params": self.trainable_params,
         }
 
 
@@ -92,7 +95,8 @@ class TrainingSide:
     run: TrainingRun
     device: object
 
-    def warmup(self) -> None:
+    def warmup(self) -> float:
+        """One untimed step on the run's first (longest) samples; its loss."""
         raise NotImplementedError
 
     def load(self) -> list:
@@ -126,21 +130,30 @@ def warmup_with_memory(side: TrainingSide) -> None:
     before = side.resident_bytes()
     memory = StepMemory(side.device)
     memory.start()
-    side.warmup()
+    side.run.step1_loss = side.warmup()
     side.run.resident_bytes = side.resident_bytes()
     created = side.run.resident_bytes - before  # optimizer state, created by the first step
     side.run.step_peak_bytes = max(0, memory.transient_bytes() - created)
 
 
-def run_sides(sides: list[TrainingSide], steps: int, alternate: bool) -> None:
-    """Warm each side up, then time `steps` steps of each: alternating (A B, B A, ...) or one side after the other."""
+def run_sides(sides: list[TrainingSide], steps: int, alternate: bool, bar=None) -> None:
+    """Warm each side up, then time `steps` steps of each: alternating (A B, B A, ...) or one side after the other.
+
+    `bar` (optional, tqdm-like) is advanced once per step of any side, warm-ups included.
+    """
+    advance = bar.update if bar is not None else (lambda n=1: None)
     for side in sides:
         warmup_with_memory(side)
+        advance()
     if alternate:
         for step in range(steps):
             for side in sides if step % 2 == 0 else sides[::-1]:
                 timed_step(side)
+                advance()
     else:
         for side in sides:
             for _ in range(steps):
                 timed_step(side)
+                advance()
+    if bar is not None:
+        bar.close()

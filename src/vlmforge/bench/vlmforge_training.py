@@ -48,10 +48,11 @@ class VlmforgeSide(TrainingSide):
         self.device = self.trainer.accelerator.device
         shape = ModelShape.from_llava_config(self.trainer.unwrapped.config, recipe.lora.rank, recipe.lora.target_modules)
         self.run = TrainingRun("vlmforge", "bf16" if self.trainer.bf16 else "fp32", shape)
+        self.run.trainable_params = sum(p.numel() for p in self.trainer.model.parameters() if p.requires_grad)
         self.batches = iter(self.trainer._loader(0))
 
-    def warmup(self) -> None:
-        self.step(self.trainer.step_batches[0])  # the plan puts the longest global batch first
+    def warmup(self) -> float:
+        return self.step(self.trainer.step_batches[0])  # the plan puts the longest global batch first
 
     def load(self) -> list:
         return next(self.batches)
