@@ -286,7 +286,7 @@ class Trainer:
             clean_output_dir(self.output_dir)
         self.accelerator.wait_for_everyone()
         if self.resume:
-            checkpoint = latest_checkpoint(self.output_dir)
+            checkpoint = latest_checkpoint(self.output_dir, quiet=not self.is_main)  # one line, not one per rank
             if checkpoint is None:
                 log.info("--resume: no complete checkpoint in %s, starting from step 0", self.output_dir)
             else:
