@@ -66,13 +66,14 @@ def _check_inputs(config: ChatConfig) -> list:
 def _load(config: ChatConfig):
     import torch
 
+    from vlmforge.infer.chat import sampling_temperature
     from vlmforge.infer.generate import GenerationOptions
     from vlmforge.model.load import load
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = load(config.model, dtype=config.dtype or None, device=device)
-    options = GenerationOptions(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                top_p=config.top_p, seed=config.seed)
+    options = GenerationOptions(max_new_tokens=config.max_new_tokens, top_p=config.top_p, seed=config.seed,
+                                temperature=sampling_temperature(config.temperature))
     return model, processor, options
 
 

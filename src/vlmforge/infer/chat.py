@@ -15,6 +15,13 @@ from vlmforge.data.images import load_image, resolve_image_path
 from vlmforge.errors import DataError
 from vlmforge.infer.generate import GenerationOptions, generate, stream
 
+MIN_SAMPLING_TEMPERATURE = 1e-5  # below this, logits / temperature overflow float32: sample greedily
+
+
+def sampling_temperature(temperature: float) -> float:
+    """The temperature to generate with: a tiny positive one means greedy (its limit), never a NaN crash."""
+    return 0.0 if temperature < MIN_SAMPLING_TEMPERATURE else temperature
+
 
 def check_question(text: str) -> None:
     """A typed `<image>` would become a placeholder with no image behind it: refuse it in one line."""

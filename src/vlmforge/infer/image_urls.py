@@ -8,30 +8,38 @@ unspecified address, IPv4-mapped IPv6 included); the connection goes to the chec
 DNS cannot change its answer in between); each redirect is checked the same way; the size and the
 total time are capped, name resolution included (a lookup runs in a small thread pool and is given
 up at the deadline: `getaddrinfo` itself cannot be interrupted). Decoding goes through
-`vlmforge.data.images.load_image`, the same guarded loader training uses (decompression bombs,
-truncated files).
+`vlmforge.data.images` (`load_image_shrunk`), the same guarded loader training uses (decompression bombs,
+truncated files); a `PixelBudget` bounds the pixels being decoded at once, and each image is shrunk
+to what the processor needs as soon as it is decoded, so big legal uploads cannot pile up in memory.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import http.client
+import io
 import ipaddress
 import socket
 import ssl
+import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
-from vlmforge.data.images import DEFAULT_MAX_PIXELS, load_image
+from vlmforge.data.images import DEFAULT_MAX_PIXELS, load_image_shrunk
 from vlmforge.errors import DataError
 
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 READ_CHUNK = 64 * 1024
+LARGE_IMAGE_PIXELS = 4_000_000  # after decoding one this large, freed memory is handed back to the OS
+_MALLOC_TRIM = None
 _RESOLVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vlmforge-dns")  # bounds stuck lookups
 
 
@@ -61,8 +69,21 @@ def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
 
 
 def load_image_url(url: str, limits: ImageUrlLimits,
-                   address_allowed: Callable[[object], bool] = is_public_address):
-    """Fetch or decode one image URL into an RGB PIL image; raises `ImageUrlError` / `ImageError`."""
+                   address_allowed: Callable[[object], bool] = is_public_address,
+                   budget: PixelBudget | None = None, keep_side: int = 0):
+    """Fetch or decode one image URL into an RGB PIL image; raises `ImageUrlError` / `ImageError`.
+
+    With a `budget`, the decode waits until its pixels fit in it; with `keep_side`, the image is shrunk
+    right after decoding so that its shorter side is `keep_side` (never enlarged)."""
+    data = image_url_bytes(url, limits, address_allowed)
+    budget = budget or PixelBudget(limits.max_pixels)
+    with budget.reserve(header_pixels(data, limits.max_pixels)):
+        return load_image_shrunk(data, keep_side, max_pixels=limits.max_pixels)
+
+
+def image_url_bytes(url: str, limits: ImageUrlLimits,
+                    address_allowed: Callable[[object], bool] = is_public_address) -> bytes:
+    """The encoded image a URL carries (data:) or points to (http(s), when allowed)."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "data":
         data = decode_data_url(url, limits.max_bytes)
@@ -74,7 +95,61 @@ def load_image_url(url: str, limits: ImageUrlLimits,
     else:
         raise ImageUrlError("an image URL must be a data: URL (or http(s) where the server allows it)",
                             "invalid_image_url")
-    return load_image(data, max_pixels=limits.max_pixels)
+    return data
+
+
+class PixelBudget:
+    """Pixels being decoded at this moment, all requests together: what bounds the server's image memory.
+
+    A decode reserves its image's pixel count (read from the header, before any pixel is decoded) and
+    waits while the budget is full; after `wait` seconds the request is refused as busy (429)."""
+
+    def __init__(self, capacity: int, wait: float = 60.0):
+        self.capacity, self.wait = capacity, wait
+        self.in_use = self.peak = 0
+        self._room = threading.Condition()
+
+    @contextmanager
+    def reserve(self, pixels: int):
+        pixels = min(pixels, self.capacity)
+        with self._room:
+            if not self._room.wait_for(lambda: self.in_use + pixels <= self.capacity, timeout=self.wait):
+                raise ImageUrlError("the server is busy decoding other images; retry shortly", "server_busy")
+            self.in_use += pixels
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._room:
+                self.in_use -= pixels
+                self._room.notify_all()
+            if pixels >= LARGE_IMAGE_PIXELS:  # its full-size copies are freed by now
+                return_freed_memory()
+
+
+def header_pixels(data: bytes, max_pixels: int) -> int:
+    """Width x height from the image header (no pixel decoded); 0 when the loader will refuse it anyway."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            width, height = Image.open(io.BytesIO(data)).size
+    except Exception:  # undecodable: `load_image` says why, without decoding pixels
+        return 0
+    return width * height if 0 < width * height <= max_pixels else 0
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps large freed blocks otherwise); no-op elsewhere."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
 
 
 def decode_data_url(url: str, max_bytes: int) -> bytes:

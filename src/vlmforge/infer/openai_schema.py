@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.errors import VlmforgeError
+from vlmforge.infer.chat import sampling_temperature
 from vlmforge.infer.generate import Completion, GenerationOptions
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_STOP_STRINGS = 4
+MAX_STOP_LENGTH = 256
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
 CHARS_PER_TOKEN_BOUND = 32  # a prompt this many times longer (in chars) than the token limit is refused unread
 
 
@@ -129,9 +132,20 @@ def _parse_content(content, role: str, where: str, images: list[ImageRef]):
 def _checked_text(text, where: str) -> str:
     if not isinstance(text, str):
         raise RequestError(f"{where} must be a string", param=where)
+    _check_unicode(text, where)
     if IMAGE_PLACEHOLDER in text:
         raise RequestError(f"{where} contains '{IMAGE_PLACEHOLDER}'; send images as image_url parts", param=where)
     return text
+
+
+def _check_unicode(text: str, where: str) -> None:
+    """JSON's `\\ud800` escapes give strings with lone surrogates, which no tokenizer or encoder takes."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise RequestError(f"{where} is not valid Unicode (a lone surrogate {text[error.start]!a} at "
+                               f"character {error.start})", param=where) from None
 
 
 def _image_url(part: dict, where: str) -> str:
@@ -139,6 +153,7 @@ def _image_url(part: dict, where: str) -> str:
     url = value.get("url") if isinstance(value, dict) else value
     if not isinstance(url, str) or not url:
         raise RequestError(f"{where}.image_url must be an object with a 'url' string", param=f"{where}.image_url")
+    _check_unicode(url, f"{where}.image_url")
     return url
 
 
@@ -156,13 +171,15 @@ def _parse_options(body: dict, limits: RequestLimits) -> GenerationOptions:
     if not 1 <= max_tokens <= limits.max_tokens:
         raise RequestError(f"{max_tokens_key} must be between 1 and {limits.max_tokens}, got {max_tokens}",
                            param=max_tokens_key, code="max_tokens_exceeded")
-    temperature = _optional_number(body, "temperature", 0.0, low=0.0, high=2.0)
+    temperature = sampling_temperature(_optional_number(body, "temperature", 0.0, low=0.0, high=2.0))
     top_p = _optional_number(body, "top_p", 1.0, low=0.0, high=1.0)
     if top_p == 0.0:
         raise RequestError("top_p must be greater than 0", param="top_p")
     seed = body.get("seed")
     if seed is not None:
         seed = _optional_int(body, "seed", 0)
+        if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+            raise RequestError(f"'seed' must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}", param="seed")
     return GenerationOptions(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
                              seed=seed, stop=_parse_stop(body.get("stop")))
 
@@ -175,6 +192,10 @@ def _parse_stop(stop) -> list[str]:
         raise RequestError("'stop' must be a non-empty string or a list of them", param="stop")
     if len(stops) > MAX_STOP_STRINGS:
         raise RequestError(f"'stop' takes at most {MAX_STOP_STRINGS} strings", param="stop")
+    if any(len(s) > MAX_STOP_LENGTH for s in stops):
+        raise RequestError(f"a 'stop' string is longer than {MAX_STOP_LENGTH} characters", param="stop")
+    for s in stops:
+        _check_unicode(s, "stop")
     return stops
 
 

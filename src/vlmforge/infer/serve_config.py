@@ -35,9 +35,9 @@ class ServeConfig:
     max_batch_size: int = option(8, "most queued requests with equal settings generated together", ge=1)
     max_queue: int = option(64, "most requests waiting at once; more are answered 429", ge=1)
     max_request_bytes: int = option(64_000_000, "largest request body accepted, in bytes", ge=1)
-    max_decoding_pixels: int = option(50_000_000, "most image pixels being decoded at once, all requests together "
-                                      "(bounds memory: each image is shrunk to what the processor needs right after "
-                                      "decoding); at least --max-image-pixels", ge=1)
+    max_decoding_pixels: int | None = option(None, "most image pixels being decoded at once, all requests together "
+                                             "(bounds memory: each image is shrunk to what the processor needs "
+                                             "right after decoding); default: --max-image-pixels", ge=1)
     allowed_hosts: list[str] = option(help="host names clients may reach the server by (Host header), besides the "
                                            "loopback names and --host; * for any (behind a proxy); stops DNS "
                                            "rebinding pages", factory=list)
@@ -48,9 +48,12 @@ class ServeConfig:
         from vlmforge.errors import ConfigError
 
         check_config(self)
-        if self.max_decoding_pixels < self.max_image_pixels:
+        if self.decoding_pixels() < self.max_image_pixels:
             raise ConfigError(f"max_decoding_pixels ({self.max_decoding_pixels}) must be >= max_image_pixels "
                               f"({self.max_image_pixels}), or the largest allowed image could never be decoded")
+
+    def decoding_pixels(self) -> int:
+        return self.max_decoding_pixels or self.max_image_pixels
 
     def model_name(self) -> str:
         from pathlib import Path

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 
 import uvicorn
@@ -29,7 +30,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from vlmforge.infer.image_urls import ImageUrlError, ImageUrlLimits, load_image_url
+from vlmforge.infer.image_urls import ImageUrlError, ImageUrlLimits, PixelBudget, load_image_url
 from vlmforge.infer.model_worker import Job, ModelWorker
 from vlmforge.infer.openai_schema import (ChatRequest, RequestError, RequestLimits, completion_chunk,
                                           completion_response, error_body, parse_chat_request, usage)
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 WEB_FILES = {"/": ("index.html", "text/html"), "/static/chat.js": ("chat.js", "text/javascript"),
              "/static/chat.css": ("chat.css", "text/css")}
+SIDE_KEYS = (None, "height", "width", "shortest_edge", "longest_edge")  # None: the size is a bare int
 PAGE_SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -50,6 +52,7 @@ def serve(config: ServeConfig) -> None:
     """Load the model and serve it until interrupted."""
     from vlmforge.model.load import load
 
+    config.validate()
     model, processor = load(config.model, dtype=config.dtype, device=config.device)
     if config.host not in LOOPBACK_HOSTS and not config.api_key:
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", config.host)
@@ -59,6 +62,7 @@ def serve(config: ServeConfig) -> None:
 
 def create_app(config: ServeConfig, model, processor):
     """The FastAPI app serving `model`; its worker thread starts and stops with the app."""
+    config.validate()
     worker = ModelWorker(model, processor, config.max_batch_size, config.max_queue, config.max_prompt_tokens)
 
     @asynccontextmanager
@@ -70,8 +74,9 @@ def create_app(config: ServeConfig, model, processor):
     app = FastAPI(title="vlmforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     if config.cors_origins:
         _allow_cross_origin_pages(app, config.cors_origins)
+    _check_host_header(app, allowed_host_check(config))
     _add_error_handlers(app)
-    _add_api_routes(app, config, worker)
+    _add_api_routes(app, config, worker, keep_image_side(processor))
     if config.web:
         _add_web_routes(app)
     return app
@@ -86,11 +91,85 @@ def _allow_cross_origin_pages(app, origins: list[str]) -> None:
                        allow_headers=["Authorization", "Content-Type"], max_age=600)
 
 
-def _add_api_routes(app, config: ServeConfig, worker: ModelWorker) -> None:
+def allowed_host_check(config: ServeConfig):
+    """A test of the Host header: the loopback names, the bound host and `--allowed-hosts` (`*`: any).
+
+    A page on another site cannot read the API's answers (no CORS), but a DNS-rebinding page can: its
+    own name then points at 127.0.0.1, and only the Host header it sends gives it away. When bound to
+    every interface (0.0.0.0 / ::), any IP address is accepted too: an address cannot be rebound."""
+    names = {name.lower().rstrip(".") for name in (*LOOPBACK_HOSTS, config.host, *config.allowed_hosts)}
+    if "*" in names:
+        return lambda host: True
+    any_address = config.host in ("0.0.0.0", "::", "")
+
+    def allowed(host: str) -> bool:
+        host = host.lower().rstrip(".")
+        return host in names or (any_address and _is_ip_address(host))
+
+    return allowed
+
+
+def _is_ip_address(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port: `[::1]:8000` → `::1`, `localhost:80` → `localhost`."""
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def _check_host_header(app, allowed) -> None:
+    app.add_middleware(HostHeaderCheck, allowed=allowed)
+
+
+class HostHeaderCheck:
+    """ASGI middleware: a request whose Host header names a host not `allowed` gets a 400 (plain ASGI,
+    so streamed answers and client disconnects pass through untouched)."""
+
+    def __init__(self, app, allowed):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            header = dict(scope["headers"]).get(b"host")
+            name = host_name(header.decode("latin-1")) if header is not None else None
+            if name is not None and not self.allowed(name):
+                error = RequestError(f"this server does not answer to the host name {name!r}; start it with "
+                                     f"--allowed-hosts {name} to allow it", code="invalid_host")
+                await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def keep_image_side(processor) -> int:
+    """Twice the largest side the image processor resizes or crops to: uploads are shrunk to that at once.
+    0 (keep every image whole) when the processor does not say."""
+    image_processor = getattr(processor, "image_processor", processor)
+    sides = []
+    for attribute in ("size", "crop_size"):
+        value = getattr(image_processor, attribute, None)  # an int, a dict or a transformers SizeDict
+        for key in SIDE_KEYS:
+            side = value if key is None else value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+            if isinstance(side, int) and not isinstance(side, bool):
+                sides.append(side)
+    return 2 * max(sides) if sides else 0
+
+
+def _add_api_routes(app, config: ServeConfig, worker: ModelWorker, keep_side: int = 0) -> None:
     name = config.model_name()
     limits = RequestLimits(config.max_images, config.max_prompt_tokens, config.max_tokens, config.default_max_tokens)
     image_limits = ImageUrlLimits(config.max_image_bytes, config.max_image_pixels, config.allow_remote_images,
                                   config.remote_image_timeout)
+    decoding = ImageDecoding(image_limits, PixelBudget(config.decoding_pixels()), keep_side)
+    app.state.pixel_budget = decoding.budget
     started = int(time.time())
 
     @app.get("/health")
@@ -106,7 +185,7 @@ def _add_api_routes(app, config: ServeConfig, worker: ModelWorker) -> None:
     async def chat_completions(request: Request):
         check_api_key(request, config.api_key)
         chat = parse_chat_request(await read_json_body(request, config.max_request_bytes), limits)
-        images = await run_in_threadpool(load_images, chat, image_limits)
+        images = await run_in_threadpool(load_images, chat, decoding)
         events = JobEvents(asyncio.get_running_loop())
         job = Job(chat.messages, images, chat.options, chat.stream, events.emit)
         worker.submit(job)
@@ -185,7 +264,14 @@ def check_api_key(request, api_key: str | None) -> None:
 
 
 async def read_json_body(request, max_bytes: int):
-    """The request body parsed as JSON; too large → 413, not JSON → 400."""
+    """The request body parsed as JSON; not declared as JSON → 415, too large → 413, not JSON → 400.
+
+    Browsers send `text/plain` and form bodies to other sites without asking (no CORS preflight);
+    refusing every type but JSON keeps a page the user visits from driving a keyless server."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise RequestError(f"the request body must be sent as Content-Type: application/json, not "
+                           f"{media_type or 'without a type'}", code="unsupported_media_type", status=415)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _body_too_large(max_bytes)
@@ -205,15 +291,27 @@ def _body_too_large(max_bytes: int) -> RequestError:
     return RequestError(f"the request body is larger than {max_bytes} bytes", code="request_too_large", status=413)
 
 
-def load_images(chat: ChatRequest, limits: ImageUrlLimits) -> list:
+@dataclass
+class ImageDecoding:
+    """How the server turns image URLs into images: limits, the shared pixel budget, the side kept."""
+
+    limits: ImageUrlLimits
+    budget: PixelBudget
+    keep_side: int = 0
+
+
+def load_images(chat: ChatRequest, decoding: ImageDecoding) -> list:
     """Decode (or fetch) every image of a request, in order; a bad one is a 400 naming its part."""
     from vlmforge.data.images import ImageError
 
     images = []
     for ref in chat.images:
         try:
-            images.append(load_image_url(ref.url, limits))
+            images.append(load_image_url(ref.url, decoding.limits, budget=decoding.budget,
+                                         keep_side=decoding.keep_side))
         except ImageUrlError as error:
+            if error.code == "server_busy":
+                raise RequestError(str(error), code=error.code, status=429, kind="rate_limit_error") from None
             raise RequestError(str(error), param=ref.param, code=error.code) from None
         except ImageError as error:
             code = "image_too_large" if error.kind == "oversized" else "invalid_image"
