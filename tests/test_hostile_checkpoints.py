@@ -207,3 +207,36 @@ def test_a_pickled_bin_model_is_one_line_that_says_what_to_do(tiny_vlm_dir, tiny
     assert main(["build", "--vision", str(tiny_parts["siglip"]), "--llm", str(llm), "--out", str(tmp_path / "out")]) == 2
     errors = _error_lines(capsys)
     assert len(errors) == 1 and "pickled Python objects" in errors[0] and "Payload" in errors[0]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 20 MB tmpfs (needs root; skipped where mounting is not allowed), unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_stops_in_one_line_and_resume_finishes(tiny_vlm_dir, data, tmp_path, small_disk, capsys):
+    """The same as the monkeypatched test above, with the kernel's ENOSPC from a nearly full tmpfs."""
+    run, recipe = small_disk / "run", tmp_path / "recipe.yaml"
+    save_yaml(tiny_recipe(tiny_vlm_dir, data, run, max_steps=4, save_steps=1, save_total_limit=5), recipe)
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 300_000))  # room for about two checkpoints
+    assert main(["train", str(recipe)]) == 2
+    errors = _error_lines(capsys)
+    assert len(errors) == 1, errors
+    found = re.fullmatch(r"error: no space left on the file system at .* while writing checkpoint-(\d); "
+                         r"checkpoint-(\d) is intact: free some space, then continue with --resume", errors[0])
+    assert found and int(found[1]) == int(found[2]) + 1, errors
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # the partial folder is gone
+    filler.unlink()
+    assert main(["train", str(recipe), "--resume"]) == 0
+    assert checkpoint_problem(run / "checkpoint-4") is None
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
