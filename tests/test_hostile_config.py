@@ -148,3 +148,37 @@ def test_serve_config_from_python_is_checked_too():
     with pytest.raises(ConfigError, match="max_tokens must be >= 1"):
         ServeConfig(max_tokens=0).validate()
     assert from_dict(ServeConfig, {"allowed_hosts": ["example.test"]}).allowed_hosts == ["example.test"]
+
+
+def _with_custom_code(folder, tmp_path, name):
+    """A copy of a model folder whose config asks for its own Python code (unknown type + auto_map)."""
+    import json
+    import shutil
+
+    copy = shutil.copytree(folder, tmp_path / name)
+    config = json.loads((copy / "config.json").read_text())
+    config.update(model_type="evil", auto_map={"AutoConfig": "configuration_evil.EvilConfig",
+                                               "AutoModelForImageTextToText": "modeling_evil.EvilModel"})
+    (copy / "config.json").write_text(json.dumps(config))
+    (copy / "configuration_evil.py").write_text("raise SystemExit('the folder ran its own code')\n")
+    return copy
+
+
+def test_model_folders_with_custom_code_are_refused_in_one_line_without_a_prompt(tiny_parts, tiny_vlm_dir, tmp_path,
+                                                                                  capsys, monkeypatch):
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "y")  # a user typing y
+    llm = _with_custom_code(tiny_parts["qwen2"], tmp_path, "llm")
+    assert main(["build", "--vision", str(tiny_parts["siglip"]), "--llm", str(llm), "--out", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert "never runs code from a model folder" in one_error_line_of(captured.err)
+    assert "[y/N]" not in captured.out + captured.err
+    vlm = _with_custom_code(tiny_vlm_dir, tmp_path, "vlm")
+    assert main(["chat", str(vlm), "--prompt", "hi"]) == 2
+    assert "never runs code from a model folder" in one_error_line_of(capsys.readouterr().err)
+    assert asked == []
+
+
+def one_error_line_of(err: str) -> str:
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err

@@ -25,9 +25,13 @@ def load(path: str | Path, dtype: str | None = None, device: str | None = None):
         raise ModelError(f"model folder not found: {path}")
     torch_dtype = getattr(torch, dtype) if dtype else "auto"
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
-        processor = AutoProcessor.from_pretrained(path)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, trust_remote_code=False)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as error:
+        if "custom code" in str(error):
+            from vlmforge.model.parts import remote_code_refusal
+
+            raise ModelError(remote_code_refusal(path)) from None
         where = "no such folder, and not a hub id that can be loaded (offline?)" if not Path(path).exists() else str(error)
         raise ModelError(f"cannot load a vision-language model from {path}: {where.splitlines()[0]}") from None
     except pickle.UnpicklingError:  # torch's weights_only refusal: its message is a page of advice to disable it

@@ -71,11 +71,19 @@ def _auto_config(path: str, what: str):
 
     _require_folder(path, what)
     try:
-        return AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)  # never transformers' [y/N] prompt
     except (OSError, ValueError) as error:
         if not Path(path).exists():
             raise ModelError(f"{what} not found: {path} is no folder, and not a hub id that can be loaded (offline?)") from None
+        if "custom code" in str(error):
+            raise ModelError(remote_code_refusal(path)) from None
         raise ModelError(f"cannot read the {what} config at {path}: {str(error).splitlines()[0]}") from None
+
+
+def remote_code_refusal(path: str) -> str:
+    """One line for a folder that only loads by running its own Python files, which vlmforge never does."""
+    return (f"{path} needs its own Python code to load (auto_map in config.json), and vlmforge never runs code from a "
+            "model folder: use a model whose type transformers supports natively, or convert this one to such a type")
 
 
 def read_vision_config(path: str):
