@@ -162,6 +162,15 @@ def test_export_of_a_truncated_checkpoint_is_one_line_exit_2(run, tmp_path, caps
     assert len(_error_lines(capsys)) == 1
 
 
+def test_export_of_a_checkpoint_whose_recipe_no_longer_fits_its_weights_is_one_line(run, tmp_path, capsys):
+    recipe = run / "checkpoint-4" / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("rank: 4", "rank: 8"))
+    write_manifest(run / "checkpoint-4")
+    assert main(["export", str(run / "checkpoint-4"), "--out", str(tmp_path / "merged")]) == 2
+    errors = _error_lines(capsys)
+    assert len(errors) == 1 and "in checkpoint-4 but" in errors[0] and "lora.rank" in errors[0]
+
+
 def test_a_full_disk_anywhere_else_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     """E.g. the final export of a finished run, or `data convert --out` on a full disk."""
     import vlmforge.train.export as export

@@ -314,7 +314,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, recipe=None) -> dic
         check_recipe_compatible(path, recipe)
     weights = read_trainable_weights(path)
     parameters = dict(model.named_parameters())
-    _check_tensors(path, weights, parameters)
+    check_tensors(path, weights, parameters)
     optimizer_state = _torch_load(path / "optimizer.pt")
     rng = _torch_load(path / "rng.pt")
     with torch.no_grad():
@@ -330,7 +330,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, recipe=None) -> dic
     return json.loads((path / "trainer_state.json").read_text())
 
 
-def _check_tensors(path: Path, weights: dict, parameters: dict) -> None:
+def check_tensors(path: Path, weights: dict, parameters: dict) -> None:
+    """The checkpoint's tensors are exactly the trainable parameters, with the same shapes."""
     unknown = [name for name in weights if name not in parameters]
     if unknown:
         raise CheckpointError(f"{path.name} holds '{unknown[0]}', which this model has not: it was trained with "
