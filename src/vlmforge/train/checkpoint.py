@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import pickle
 import random
 import re
@@ -121,6 +122,7 @@ def _write_files(folder: Path, step: int, weights: dict, optimizer_state: dict, 
 
 
 def write_manifest(folder: Path) -> None:
+    """Size and sha256 of every data file: what `checkpoint_problem` compares against later."""
     files = {name: {"size": (folder / name).stat().st_size, "sha256": _sha256(folder / name)} for name in DATA_FILES}
     (folder / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1))
 
@@ -144,8 +146,6 @@ def _disk_full_message(output_dir: Path, name: str) -> str:
 
 
 def _point_latest(output_dir: Path, name: str) -> None:
-    import os
-
     link = output_dir / LATEST
     tmp = output_dir / f".{LATEST}.tmp-{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
