@@ -197,6 +197,17 @@ def test_skipped_last_step_still_logs_and_saves(tiny_vlm_dir, data, tmp_path, mo
         torch.testing.assert_close(skipped[name], three[name], rtol=0, atol=0)
 
 
+def test_fsdp_strategy_refuses_eval_and_trains_unsharded_in_one_process(tiny_vlm_dir, data, tmp_path, caplog):
+    recipe = tiny_recipe(tiny_vlm_dir, data, tmp_path / "run", max_steps=2, strategy="fsdp")
+    recipe.eval.data = str(data)
+    with pytest.raises(ConfigError, match="eval.data.*train.strategy fsdp"):
+        train(recipe)
+    recipe.eval.data = ""
+    with caplog.at_level("INFO", logger="vlmforge.train"):
+        assert train(recipe).steps == 2
+    assert "nothing to shard" in caplog.text
+
+
 def test_bad_images_are_skipped_then_budget_stops_the_run(tiny_vlm_dir, tmp_path):
     path = write_colour_dataset(tmp_path / "d", count=24, with_text_only=False)
     (tmp_path / "d" / "3.png").write_bytes(b"broken")

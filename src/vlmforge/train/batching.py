@@ -55,9 +55,9 @@ class BatchPlan:
         if per_epoch == 0:
             raise ValueError(f"the dataset has {len(self.lengths)} samples, fewer than one global batch of {self.global_batch}")
         epoch, position = divmod(step, per_epoch)
-        return self._epoch(epoch)[position]
+        return self.epoch_plan(epoch)[position]
 
-    def _epoch(self, epoch: int) -> np.ndarray:
+    def epoch_plan(self, epoch: int) -> np.ndarray:
         """(steps_per_epoch, global_batch) indices of `epoch`, planned on first use."""
         planned_epoch, batches = self._planned
         if planned_epoch != epoch:

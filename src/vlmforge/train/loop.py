@@ -114,6 +114,7 @@ class Trainer:
         from vlmforge.data.dataset import BadSampleBudget, ConversationDataset
         from vlmforge.data.token_lengths import dataset_token_lengths
         from vlmforge.train.batching import BatchPlan, Collator
+        from vlmforge.train.sharded_state import use_fsdp
         from vlmforge.train.steps import StepBatches
         from vlmforge.train.trainability import count_parameters, parameter_groups
 
@@ -126,7 +127,7 @@ class Trainer:
             from transformers.utils import logging as hf_logging
 
             hf_logging.set_verbosity_error()
-        self.fsdp = self._sharding()
+        self.fsdp = use_fsdp(self.accelerator, train.strategy)
         torch.manual_seed(train.seed)
         model, self.processor = load_model_for_training(self.recipe, self.accelerator.device, self.base_model)
         self.bf16 = choose_precision(train.precision, self.accelerator.device)
@@ -164,32 +165,9 @@ class Trainer:
         from vlmforge.data.token_lengths import check_lengths_fit  # nothing trains on nothing: stop before step 1
 
         check_lengths_fit(self.dataset, self.processor.tokenizer, self.processor.image_token, num_image_tokens, data.max_length,
-                          data.too_long, lengths if data.group_by_length else None, self.plan.epoch_batches(0))
+                          data.too_long, lengths if data.group_by_length else None, self.plan.epoch_plan(0))
         collator = Collator(self.processor, num_image_tokens, data.max_length, data.too_long)
         self.step_batches = StepBatches(self.dataset, self.plan, collator, self.accelerator.process_index, world, train.grad_accum)
-
-    def _sharding(self) -> bool:
-        """True when this run shards with FSDP2 (train.strategy fsdp, more than one process).
-
-        Sharding set up by an accelerate config is refused: its checkpoints would hold each rank's
-        shards, not the model (FSDP), or cannot be gathered here (DeepSpeed ZeRO-3).
-        """
-        from accelerate.utils import DistributedType
-
-        kind = self.accelerator.distributed_type
-        zero3 = kind == DistributedType.DEEPSPEED and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-        if kind == DistributedType.FSDP or zero3:
-            raise ConfigError(f"{'DeepSpeed ZeRO-3' if zero3 else 'accelerate FSDP'} shards the parameters and vlmforge "
-                              "cannot write complete checkpoints from it: launch with torchrun (or an accelerate DDP "
-                              "config) and --train.strategy fsdp")
-        if self.recipe.train.strategy != "fsdp":
-            return False
-        if kind == DistributedType.DEEPSPEED:
-            raise ConfigError("train.strategy fsdp is not for a DeepSpeed launch: launch with torchrun")
-        if self.accelerator.num_processes == 1:
-            log.info("train.strategy fsdp with one process: nothing to shard, training unsharded")
-            return False
-        return True
 
     @property
     def unwrapped(self):

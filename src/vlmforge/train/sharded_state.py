@@ -22,6 +22,32 @@ import warnings
 log = logging.getLogger("vlmforge.train")
 
 
+def use_fsdp(accelerator, strategy: str) -> bool:
+    """True when this run shards with FSDP2: train.strategy fsdp and more than one process.
+
+    Sharding set up by an accelerate config is refused: its checkpoints would hold each rank's
+    shards, not the model (accelerate's FSDP plugin), or cannot be gathered here (DeepSpeed ZeRO-3).
+    """
+    from accelerate.utils import DistributedType
+
+    from vlmforge.errors import ConfigError
+
+    kind = accelerator.distributed_type
+    zero3 = kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+    if kind == DistributedType.FSDP or zero3:
+        raise ConfigError(f"{'DeepSpeed ZeRO-3' if zero3 else 'accelerate FSDP'} shards the parameters and vlmforge "
+                          "cannot write complete checkpoints from it: launch with torchrun (or an accelerate DDP "
+                          "config) and --train.strategy fsdp")
+    if strategy != "fsdp":
+        return False
+    if kind == DistributedType.DEEPSPEED:
+        raise ConfigError("train.strategy fsdp is not for a DeepSpeed launch: launch with torchrun")
+    if accelerator.num_processes == 1:
+        log.info("train.strategy fsdp with one process: nothing to shard, training unsharded")
+        return False
+    return True
+
+
 def shard_model(model, device):
     """FSDP2 over all processes: one unit per transformer block, the root unit for the rest. In place."""
     import torch.distributed as dist
