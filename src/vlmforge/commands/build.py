@@ -21,6 +21,7 @@ def run(args) -> int:
     model, processor = build_vlm(config)
     save_vlm(model, processor, config.out)
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"wrote {config.out}: {parameters / 1e6:.2f}M parameters, "
-          f"{model.config.image_seq_length} image tokens per image")
+    per_image = (f"{model.config.image_seq_length} image tokens per image" if hasattr(model.config, "image_seq_length")
+                 else f"{processor.image_seq_len} image tokens per tile")  # idefics3: tiles + a global view
+    print(f"wrote {config.out}: {parameters / 1e6:.2f}M parameters, {per_image}")
     return 0

@@ -47,6 +47,12 @@ class BuildConfig:
     seed: int = option(0, "seed for the projector's initialisation")
     images_after_text: bool = option(False, "chat template puts a user turn's images after its text (for data "
                                             "with the question before the image); default: parts in the order given")
+    arch: str = option("llava", "llava (one fixed-size image, one token per patch) or idefics3 (tiles + global view, "
+                                "pixel-shuffle connector; SigLIP towers)")
+    pixel_shuffle: int = option(2, "idefics3: s x s patches become one token (1, 2, 3 or 4)")
+    tile_size: int | None = option(None, "idefics3: tile side in pixels; default the tower's image size")
+    longest_edge: int | None = option(None, "idefics3: images are resized so their longest side is this, then tiled; "
+                                             "default 2 x tile size")
 
 
 def _resolve_dtype(name: str, llm_dtype):
@@ -137,6 +143,8 @@ def build_vlm(cfg: BuildConfig):
 
     if not cfg.vision or not cfg.llm:
         raise ModelError("both a vision model (--vision) and a language model (--llm) are needed")
+    if cfg.arch not in ("llava", "idefics3"):
+        raise ModelError(f"unknown --arch '{cfg.arch}' (use llava or idefics3)")
     read_vision_config(cfg.vision)  # fail fast on a wrong folder, before loading any weights
     cfg = replace(cfg, llm=native_llm_path(cfg.llm))  # first-generation Qwen: converted to Qwen2 (cached)
     read_language_config(cfg.llm)
@@ -145,6 +153,10 @@ def build_vlm(cfg: BuildConfig):
     dtype = _resolve_dtype(cfg.dtype, llm.dtype)
     llm = llm.to(dtype)
     vision = load_vision_part(cfg.vision, dtype=dtype)
+    if cfg.arch == "idefics3":
+        from vlmforge.model.idefics3 import build_idefics3
+
+        return build_idefics3(cfg, llm, tokenizer, vision)
     image_token_id = add_image_token(tokenizer)
     if image_token_id >= llm.get_input_embeddings().weight.shape[0]:
         llm.resize_token_embeddings(len(tokenizer))
