@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The demo command: set up .venv (first run), then `vlmforge demo` (extra arguments are passed on).
+# The demo command: set up .venv (first run), then `vlmforge demo` in the current folder (extra
+# arguments are passed on: scripts/demo.sh --fast). It stays in your folder, so the commands it
+# prints at the end (.venv/bin/vlmforge chat demo-out/model --image ...) work as printed there.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-scripts/setup.sh
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+"$repo/scripts/setup.sh"
 export HF_HUB_OFFLINE=1
-exec .venv/bin/vlmforge demo "$@"
+exec "$repo/.venv/bin/vlmforge" demo "$@"

@@ -91,14 +91,20 @@ def test_cell_words_are_single_tokens_in_grid_order():
 
 
 @pytest.mark.slow
-def test_demo_fast_end_to_end(tmp_path):
-    """`vlmforge demo --fast`: clearly above blind, and the exported model loads natively."""
+def test_demo_fast_end_to_end(tmp_path, monkeypatch, capsys):
+    """`vlmforge demo --fast` as a newcomer runs it (in their own folder, environment not activated):
+    clearly above blind, the exported model loads natively, and the printed next command works
+    pasted into a fresh shell there."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from vlmforge.cli import main
 
-    out = tmp_path / "demo"
-    assert main(["demo", "--fast", "--out", str(out)]) == 0
+    user = tmp_path / "user"
+    user.mkdir()
+    monkeypatch.chdir(user)
+    monkeypatch.setenv("PATH", FRESH_SHELL_PATH)
+    assert main(["demo", "--fast"]) == 0
+    out = user / "demo-out"
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert set(report["accuracy"]) == {"colour", "shape", "position", "count"}
     assert all(set(by_lang) == {"en", "zh"} for by_lang in report["accuracy"].values())
@@ -110,12 +116,36 @@ def test_demo_fast_end_to_end(tmp_path):
     assert report["overall"] >= report["blind_overall"] + 0.1, report
     assert min(report["accuracy"]["count"].values()) >= 0.8, report
     assert max(report["blind_accuracy"]["count"].values()) <= 0.6, report
-    assert report["model_dir"] == str(out / "model")
+    assert report["model_dir"] == "demo-out/model"
+    _printed_next_command_works_pasted(capsys.readouterr().out, report, user)
     model = AutoModelForImageTextToText.from_pretrained(out / "model")
     processor = AutoProcessor.from_pretrained(out / "model")
     assert model.config.model_type == "llava" and model.config.image_seq_length == 9
     assert processor.image_token == "<image>"
     _chat_answers_equal_the_evaluated_ones(out)
+
+
+FRESH_SHELL_PATH = "/usr/local/bin:/usr/bin:/bin"  # no .venv/bin: the environment is not activated
+
+
+def _printed_next_command_works_pasted(printed: str, report: dict, folder):
+    """The estimate comes first; the sample image paths and the chat command, copied from the output,
+    run in a fresh shell in the same folder and give the evaluated answer."""
+    import subprocess
+
+    lines = printed.splitlines()
+    assert lines[0].startswith("demo --fast: about "), printed
+    assert any(line.startswith("  without --fast: about ") for line in lines[:3]), printed
+    sample = report["samples"][0]
+    shown_image = f"demo-out/data/{sample['image']}"
+    assert f"image {shown_image}: {sample['description']}" in printed
+    chat = lines[lines.index("next, in this folder:") + 1].strip()
+    assert f" chat demo-out/model --image {shown_image} --prompt " in chat, chat
+    fresh = {"PATH": FRESH_SHELL_PATH, "HOME": str(folder), "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", "-c", chat], cwd=folder, env=fresh, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == sample["answer"].strip(), (result.stdout, result.stderr[-2000:])
 
 
 def _chat_answers_equal_the_evaluated_ones(out):
@@ -179,3 +209,57 @@ def test_cell_words_stand_in_for_the_image_and_composed_rows_are_saved(tmp_path)
     with torch.no_grad():
         assert torch.allclose(weight[cell_ids], composed_embedding_matrix(weight, composition)[cell_ids], atol=1e-6)
     assert model.config.num_attention_heads == 4
+
+
+def test_estimate_reproduces_the_measured_reference_runs():
+    """With the reference machine's step time, the stage model gives the times docs/demo.md measured."""
+    from vlmforge.demo.estimate import REFERENCE_STEP_SECONDS, estimate_stage_seconds
+    from vlmforge.demo.pipeline import DEFAULT_BUDGET, FAST_BUDGET, STAGES
+
+    default = estimate_stage_seconds(DEFAULT_BUDGET, REFERENCE_STEP_SECONDS)
+    assert list(default) == list(STAGES)
+    assert sum(default.values()) == pytest.approx(434, rel=0.05)
+    assert default["parts"] == pytest.approx(334, rel=0.02)
+    assert sum(estimate_stage_seconds(FAST_BUDGET, REFERENCE_STEP_SECONDS).values()) == pytest.approx(63, rel=0.1)
+    twice_as_slow = estimate_stage_seconds(DEFAULT_BUDGET, 2 * REFERENCE_STEP_SECONDS)
+    assert sum(twice_as_slow.values()) == pytest.approx(2 * sum(default.values()))
+
+
+def test_step_probe_is_cheap_and_positive():
+    import time
+
+    from vlmforge.demo.estimate import measure_lm_step_seconds
+
+    started = time.perf_counter()
+    step = measure_lm_step_seconds(max_seconds=0.2)
+    assert 0 < step < time.perf_counter() - started
+
+
+@pytest.mark.parametrize("seconds, shown", [(3, "5 s"), (63, "65 s"), (100, "1.5 min"), (434, "7 min"),
+                                            (990, "16 min")])
+def test_format_duration(seconds, shown):
+    from vlmforge.commands.demo import format_duration
+
+    assert format_duration(seconds) == shown
+
+
+def test_next_commands_work_from_here_without_an_activated_environment(tmp_path, monkeypatch):
+    """Paths relative to the current folder when inside it, else absolute; `vlmforge` itself by its
+    path unless it is on PATH."""
+    import sys
+    from pathlib import Path
+
+    from vlmforge.commands.demo import next_commands, shown_path
+
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(tmp_path / "demo-out" / "model") == "demo-out/model"
+    assert shown_path("demo-out/data/images/test/000009.png") == "demo-out/data/images/test/000009.png"
+    assert shown_path("/elsewhere/x.png") == "/elsewhere/x.png"
+    sample = {"image": "demo-out/data/images/test/000009.png", "question": "三角形在哪里？"}
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    lines = next_commands("demo-out/model", sample)
+    script = Path(sys.executable).parent / "vlmforge"
+    assert lines[1] == (f"  {script} chat demo-out/model --image demo-out/data/images/test/000009.png "
+                        "--prompt '三角形在哪里？'")
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert next_commands("demo-out/model", sample)[1].startswith("  vlmforge chat demo-out/model --image ")

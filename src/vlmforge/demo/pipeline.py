@@ -77,40 +77,53 @@ def budget_for(config: DemoConfig) -> DemoBudget:
     return FAST_BUDGET if config.fast else DEFAULT_BUDGET
 
 
-def run_demo(config: DemoConfig) -> dict:
-    """Run every stage into `config.out`; returns the report (also written to OUT/report.json)."""
+def run_demo(config: DemoConfig, expected_seconds: dict[str, float] | None = None) -> dict:
+    """Run every stage into `config.out`; returns the report (also written to OUT/report.json).
+
+    `expected_seconds` per stage (from `vlmforge.demo.estimate`) make the overall bar advance by time."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     budget, seconds, start = budget_for(config), {}, time.perf_counter()
-    with tqdm(total=len(STAGES), desc="demo", unit="stage") as bar:
-        with _stage("data", seconds, bar):
+    weights = expected_seconds or dict.fromkeys(STAGES, 1)
+    with _overall_bar(weights, by_time=expected_seconds is not None) as bar:
+        with _stage("data", seconds, bar, weights):
             data_dir = make_data(out / "data", config.seed, budget)
-        with _stage("parts", seconds, bar):
+        with _stage("parts", seconds, bar, weights):
             parts = make_parts(data_dir, out / "parts", config.seed, budget)
-        with _stage("build", seconds, bar):
+        with _stage("build", seconds, bar, weights):
             vlm_dir = build_model(parts, out / "vlm", config.seed)
-        with _stage("align", seconds, bar):
+        with _stage("align", seconds, bar, weights):
             aligned = train_stage("demo-align", vlm_dir, data_dir / "captions.jsonl", data_dir, out / "runs" / "align",
                                   config.seed, budget.align_steps)
-        with _stage("instruct", seconds, bar):
+        with _stage("instruct", seconds, bar, weights):
             tuned = train_stage("demo-instruct-lora", aligned, data_dir / "train.jsonl", data_dir,
                                 out / "runs" / "instruct", config.seed, budget.instruct_steps)
             model_dir = _replace_folder(tuned, out / "model")
-        with _stage("eval", seconds, bar):
+        with _stage("eval", seconds, bar, weights):
             results = evaluate(model_dir, data_dir / "test.jsonl", out / "eval", budget.eval_batch_size)
     report = make_report(results, data_dir, model_dir, seconds, time.perf_counter() - start, parts["metrics"])
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
 
 
+def _overall_bar(weights: dict[str, float], by_time: bool):
+    """The demo's overall bar; each stage advances it by its weight. Weighted by expected seconds, its
+    time-left figure is honest from the first stage on (counted in stages, the 5-second data stage
+    once made a 15-minute run look like 47 s)."""
+    if not by_time:
+        return tqdm(total=sum(weights.values()), desc="demo", unit="stage")
+    return tqdm(total=sum(weights.values()), desc="demo", smoothing=0,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed, ~{remaining} left")
+
+
 @contextmanager
-def _stage(name: str, seconds: dict, bar):
+def _stage(name: str, seconds: dict, bar, weights: dict[str, float]):
     bar.set_description(f"demo: {name}")
     started = time.perf_counter()
     yield
     seconds[name] = round(time.perf_counter() - started, 1)
     logger.info("demo: %s done in %.1fs", name, seconds[name])
-    bar.update(1)
+    bar.update(weights[name])
 
 
 def make_data(data_dir: Path, seed: int, budget: DemoBudget) -> Path:

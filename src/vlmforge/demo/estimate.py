@@ -1,0 +1,108 @@
+"""How long `vlmforge demo` will take on this machine, measured before it starts (about a second).
+
+    step = measure_lm_step_seconds()                  # one training step of the demo's LM, here and now
+    seconds = estimate_stage_seconds(budget, step)    # {"data": 2.0, "parts": 600.1, ...}
+
+The demo's time is mostly small training steps whose speed depends on the CPU (AVX-512 or AVX2 only,
+cores, other load), so one figure cannot be right everywhere: it took 7 min on a 2-core Xeon and 16 on
+a 2-core EPYC. The probe times a few steps of the demo's language model (its shape, batch and typical
+length, random tokens); each stage's cost, counted in those steps from a measured reference run, is
+scaled by the step time measured here.
+"""
+
+from __future__ import annotations
+
+import time
+
+# The reference run (docs/demo.md, seed 0, 2-core Xeon): the LM's 8000 steps took 309 s.
+REFERENCE_STEP_SECONDS = 309 / 8000
+# Its other stage times, per unit of work: data 5 s for 20 800 scenes; parts, besides the LM's steps,
+# ~25 s for 300 vision steps and 800 text answers; build under 1 s; align 39 s for 400 steps; instruct
+# 55 s for 600 steps; eval 2 s for 2 × 800 answers.
+SECONDS_PER_SCENE = 5 / 20_800
+SECONDS_PER_VISION_STEP = 15 / 300
+SECONDS_PER_TEXT_ANSWER = 10 / 800
+BUILD_SECONDS = 1.0
+SECONDS_PER_ALIGN_STEP = 39 / 400
+SECONDS_PER_INSTRUCT_STEP = 55 / 600
+SECONDS_PER_EVAL_ANSWER = 2 / 1600
+# The probe's batch: 32 texts of ~36 tokens (the demo's mean padded length), a vocabulary of ~600.
+PROBE_BATCH, PROBE_LENGTH, PROBE_VOCAB = 32, 36, 640
+# A real step (cell-word embeddings composed, batches drawn and padded) costs more than the probe's:
+# 1.31-1.34 probe steps, measured side by side on a 2-core EPYC (1 thread, 2026-12-01).
+STEP_PER_PROBE_STEP = 1.3
+
+
+def measure_lm_step_seconds(max_seconds: float = 1.0, warmup_steps: int = 2, timed_steps: int = 5) -> float:
+    """Seconds of one training step (forward, backward, AdamW) of the demo's LM on this machine: the
+    probe's median step × `STEP_PER_PROBE_STEP`.
+
+    Stops timing after `max_seconds` (at least one timed step), so a slow machine is not made to wait."""
+    import torch
+
+    from vlmforge.demo.pipeline import LM_SHAPE
+
+    model, optimizer, batch = _probe_model(torch, LM_SHAPE)
+    times = []
+    started = time.perf_counter()
+    for step in range(warmup_steps + timed_steps):
+        step_started = time.perf_counter()
+        loss = model(**batch, use_cache=False).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        loss.item()
+        if step >= warmup_steps:
+            times.append(time.perf_counter() - step_started)
+            if time.perf_counter() - started > max_seconds:
+                break
+    return sorted(times)[len(times) // 2] * STEP_PER_PROBE_STEP
+
+
+def _probe_model(torch, shape: dict):
+    """A Qwen2 LM of the demo's shape, its optimizer and one random batch (input_ids, mask, labels)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    hidden, heads = shape["hidden_size"], shape["num_heads"]
+    config = Qwen2Config(vocab_size=PROBE_VOCAB, hidden_size=hidden, intermediate_size=hidden * 4,
+                         num_hidden_layers=shape["num_layers"], num_attention_heads=heads, num_key_value_heads=heads,
+                         head_dim=hidden // heads, tie_word_embeddings=True)
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, PROBE_VOCAB, (PROBE_BATCH, PROBE_LENGTH), generator=generator)  # (B, T)
+    # Texts of similar, not equal, length: a padded batch, as the demo's (a padding mask costs time).
+    lengths = torch.randint(PROBE_LENGTH - 6, PROBE_LENGTH + 1, (PROBE_BATCH, 1), generator=generator)
+    attention_mask = (torch.arange(PROBE_LENGTH) < lengths).long()  # (B, T)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+             "labels": input_ids.masked_fill(attention_mask == 0, -100)}
+    model = Qwen2ForCausalLM(config).train()
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3), batch
+
+
+def reference_stage_seconds(budget) -> dict[str, float]:
+    """Each stage's seconds in the reference run's terms, for `budget` (a `DemoBudget`)."""
+    align_steps, instruct_steps = _recipe_steps(budget)
+    return {
+        "data": (budget.num_train + budget.num_test) * SECONDS_PER_SCENE,
+        "parts": (budget.lm_steps * REFERENCE_STEP_SECONDS + budget.vision_steps * SECONDS_PER_VISION_STEP
+                  + budget.num_test * SECONDS_PER_TEXT_ANSWER),
+        "build": BUILD_SECONDS,
+        "align": align_steps * SECONDS_PER_ALIGN_STEP,
+        "instruct": instruct_steps * SECONDS_PER_INSTRUCT_STEP,
+        "eval": 2 * budget.num_test * SECONDS_PER_EVAL_ANSWER,
+    }
+
+
+def estimate_stage_seconds(budget, step_seconds: float) -> dict[str, float]:
+    """Each stage's expected seconds here: the reference's, scaled by this machine's measured LM step."""
+    speed = step_seconds / REFERENCE_STEP_SECONDS
+    return {stage: seconds * speed for stage, seconds in reference_stage_seconds(budget).items()}
+
+
+def _recipe_steps(budget) -> tuple[int, int]:
+    """The align and instruct step counts: the budget's, else the shipped recipes' `max_steps`."""
+    from vlmforge.train.recipe import load_recipe
+
+    align = budget.align_steps or load_recipe("demo-align").train.max_steps
+    instruct = budget.instruct_steps or load_recipe("demo-instruct-lora").train.max_steps
+    return align, instruct
