@@ -176,8 +176,12 @@ def test_images_are_shrunk_to_twice_the_processor_size_right_after_decoding(live
     assert keep == 2 * processor.image_processor.size["height"]
     shrunk = shrink_to_side(Image.new("RGB", (5000, 2500), (10, 200, 30)), keep)
     assert shrunk.size == (2 * keep, keep) and shrunk.getpixel((5, 5)) == (10, 200, 30)
-    small = Image.new("RGB", (keep, 10 * keep))
-    assert shrink_to_side(small, keep) is small  # never enlarged, extreme aspect ratios kept whole
+    small = Image.new("RGB", (keep // 2, 2 * keep))
+    assert shrink_to_side(small, keep) is small  # never enlarged
+    thin = shrink_to_side(Image.new("RGB", (3, 100_000)), keep)  # a long thin one is cut too
+    assert thin.size == (1, 16 * keep)
+    tall = shrink_to_side(Image.new("P", (300, 5000)), keep)
+    assert tall.mode == "P" and tall.width * tall.height <= 4.1 * keep**2
 
 
 def test_a_big_image_answers_like_its_shrunk_copy(server, lively_model):

@@ -153,19 +153,22 @@ def load_image_shrunk(source: str | Path | bytes, keep_side: int, max_pixels: in
 
 
 def shrink_to_side(image, keep_side: int):
-    """A copy whose shorter side is `keep_side` when the image is larger (aspect kept); else the image.
+    """A smaller copy when the image is larger than the processor can use; else the image itself.
 
-    Box-reduce by a whole factor first (no full-size intermediate, unlike a premultiplied RGBA
-    resize), then resize; palette, 1-bit and 16-bit images resize by nearest pixel (averaging
-    palette indices would invent colours)."""
+    The shorter side becomes `keep_side` (aspect kept), and a long thin image is cut to 4 * keep_side**2
+    pixels, its sides to 16 * keep_side (only beyond 64:1 does the aspect change), so no image held
+    for the queue outgrows a square one by much. Box-reduce by a whole factor first (no full-size
+    intermediate, unlike a premultiplied RGBA resize), then resize; palette, 1-bit and 16-bit images
+    resize by nearest pixel (averaging palette indices would invent colours)."""
     from PIL import Image
 
-    if keep_side <= 0 or min(image.size) <= keep_side:
+    width, height = image.size
+    scale = min(keep_side / min(width, height), (4 * keep_side**2 / (width * height)) ** 0.5)
+    if keep_side <= 0 or (scale >= 1 and max(width, height) <= 16 * keep_side):
         return image
-    scale = keep_side / min(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    size = tuple(min(16 * keep_side, max(1, round(side * min(scale, 1.0)))) for side in (width, height))
     smooth = image.mode in ("L", "LA", "La", "RGB", "RGBA", "RGBa", "CMYK", "I", "F")
-    factor = min(image.size) // keep_side
-    if smooth and factor >= 2:
-        image = image.reduce(factor)
+    factors = (max(1, width // max(size[0], keep_side)), max(1, height // max(size[1], keep_side)))
+    if smooth and max(factors) >= 2:
+        image = image.reduce(factors)
     return image.resize(size, Image.Resampling.BICUBIC if smooth else Image.Resampling.NEAREST)
