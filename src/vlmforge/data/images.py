@@ -162,9 +162,11 @@ def shrink_to_side(image, keep_side: int):
     resize by nearest pixel (averaging palette indices would invent colours)."""
     from PIL import Image
 
+    if keep_side <= 0:
+        return image
     width, height = image.size
     scale = min(keep_side / min(width, height), (4 * keep_side**2 / (width * height)) ** 0.5)
-    if keep_side <= 0 or (scale >= 1 and max(width, height) <= 16 * keep_side):
+    if scale >= 1 and max(width, height) <= 16 * keep_side:
         return image
     size = tuple(min(16 * keep_side, max(1, round(side * min(scale, 1.0)))) for side in (width, height))
     smooth = image.mode in ("L", "LA", "La", "RGB", "RGBA", "RGBa", "CMYK", "I", "F")
