@@ -1,7 +1,8 @@
-"""scripts/test.sh (what CI runs): both suites always run, both results are reported, and the exit
-status fails when either suite failed; pytest's "no test selected" (exit 5, under -k) is no failure.
+"""scripts/test.sh (what CI runs) and scripts/demo.sh, on a copy of the scripts with stand-ins for
+`.venv/bin/python` (whose "pytest" exits as told) and `.venv/bin/vlmforge`.
 
-Run on a copy of the scripts with a stand-in `.venv/bin/python` whose "pytest" exits as told.
+test.sh: both suites always run, both results are reported, and the exit status fails when either
+suite failed; pytest's "no test selected" (exit 5, under -k) is no failure.
 """
 
 import os
@@ -54,3 +55,15 @@ def test_both_suites_run_and_both_results_count(repo_copy, fast, slow, status, s
 def test_ci_runs_exactly_the_readme_test_command():
     lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert lines[-1] == "exec scripts/test.sh"
+
+
+def test_demo_script_runs_the_demo_in_the_callers_folder(repo_copy, tmp_path_factory):
+    """scripts/demo.sh stays where the user stands, so the paths the demo prints work there."""
+    vlmforge = repo_copy / ".venv" / "bin" / "vlmforge"
+    vlmforge.write_text('#!/usr/bin/env bash\necho "$PWD"\necho "$*"\n')
+    vlmforge.chmod(0o755)
+    user = tmp_path_factory.mktemp("user")
+    result = subprocess.run(["bash", str(repo_copy / "scripts" / "demo.sh"), "--fast"], cwd=user,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str(user), "demo --fast"]
