@@ -103,13 +103,25 @@ def test_export_writes_the_published_layout(tiny_vlm_dir, tmp_path):
 
 
 def test_processor_chat_template_and_generation_config_travel_with_the_folder(tiny_vlm_dir):
+    """The published processor files: what transformers 4.x (and tools built on it) look for, 5.x reads too."""
     import json
 
+    from transformers import AutoProcessor
+
     names = {path.name for path in tiny_vlm_dir.iterdir()}
-    assert {"config.json", "generation_config.json", "processor_config.json", "chat_template.jinja",
-            "tokenizer.json", "tokenizer_config.json"} <= names
+    assert {"config.json", "generation_config.json", "processor_config.json", "preprocessor_config.json",
+            "chat_template.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json"} <= names
     generation = json.loads((tiny_vlm_dir / "generation_config.json").read_text())
     assert generation["eos_token_id"] and "pad_token_id" in generation
+    processor_config = json.loads((tiny_vlm_dir / "processor_config.json").read_text())
+    assert "image_processor" not in processor_config  # 4.x: "got multiple values for argument 'image_processor'"
+    assert processor_config["patch_size"] == 8 and processor_config["num_additional_image_tokens"] == 0
+    assert json.loads((tiny_vlm_dir / "preprocessor_config.json").read_text())["size"] == {"height": 32, "width": 32}
+    template = json.loads((tiny_vlm_dir / "chat_template.json").read_text())["chat_template"]
+    assert template == (tiny_vlm_dir / "chat_template.jinja").read_text()
+    assert json.loads((tiny_vlm_dir / "tokenizer_config.json").read_text())["tokenizer_class"] != "TokenizersBackend"
+    processor = AutoProcessor.from_pretrained(tiny_vlm_dir)
+    assert processor.chat_template == template and processor.image_processor.size.height == 32
 
 
 def test_pipeline_apply_chat_template_and_vlmforge_build_the_same_prompt_ids(lively_vlm_dir):

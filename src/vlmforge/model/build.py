@@ -212,7 +212,7 @@ def _eos_ids(tokenizer, llm) -> list[int]:
 
 
 def save_vlm(model, processor, out: str | Path) -> Path:
-    """Save model + processor into `out` in the published Llava key layout, atomically.
+    """Save model + processor into `out` in the published Llava layout, atomically.
 
     Written to a temporary folder and renamed when complete. Every folder vlmforge writes (build,
     export, the demo) goes through here, so all of them share one layout.
@@ -221,8 +221,42 @@ def save_vlm(model, processor, out: str | Path) -> Path:
 
     with atomic_directory(out) as tmp, _published_layout(model):
         model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        save_processor(processor, Path(tmp))
     return Path(out)
+
+
+def save_processor(processor, folder: Path) -> None:
+    """The processor as the published Llava folders hold it, which transformers 4.x reads too.
+
+    transformers 5 nests the image processor in `processor_config.json`, keeps the chat template in
+    `chat_template.jinja` only and names a plain fast tokenizer `TokenizersBackend`; transformers 4.x
+    looks for `preprocessor_config.json` and `chat_template.json`, refuses a nested image processor
+    and knows that tokenizer as `PreTrainedTokenizerFast` (a name 5.x still reads). Both read this.
+    """
+    import json
+
+    processor.save_pretrained(folder)
+    processor.image_processor.save_pretrained(folder)  # preprocessor_config.json
+    _edit_json(folder / "processor_config.json", lambda config: config.pop("image_processor", None))
+    _edit_json(folder / "tokenizer_config.json", _portable_tokenizer_class)
+    if isinstance(processor.chat_template, str):
+        template = json.dumps({"chat_template": processor.chat_template}, indent=2, ensure_ascii=False)
+        (folder / "chat_template.json").write_text(template + "\n", encoding="utf-8")
+
+
+def _edit_json(path: Path, edit) -> None:
+    import json
+
+    if not path.exists():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    edit(config)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _portable_tokenizer_class(config: dict) -> None:
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
 
 
 @contextmanager
