@@ -5,6 +5,7 @@ Every flag comes from `ServeConfig`; the API key can also come from the env `VLM
 
 from __future__ import annotations
 
+import logging
 import os
 
 API_KEY_ENV = "VLMFORGE_API_KEY"
@@ -30,5 +31,7 @@ def run(args) -> int:
 
     from vlmforge.infer.server import serve
 
+    if not args.verbose:  # uvicorn's start-up lines repeat the URL; its warnings and request log stay
+        logging.getLogger("uvicorn.error").addFilter(lambda record: record.levelno > logging.INFO)
     serve(config)  # logs "serving MODEL at URL" once the model is loaded
     return 0
