@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.vlmforge-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setting up .venv: pip installs torch==2.13.0 (CPU) and vlmforge with its test extras (a few minutes the first time)"
+  echo "setting up .venv: pip installs torch==2.13.0 and vlmforge with its test extras (a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q torch==2.13.0
   .venv/bin/python -m pip install -q -e '.[test,bench]'
