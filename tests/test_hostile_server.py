@@ -237,7 +237,7 @@ def test_big_legal_images_keep_the_server_under_its_memory_ceiling(tiny_vlm_dir)
         base = wait_until_up(server, f"http://127.0.0.1:{port}")
         idle = memory_mb(server.pid)["VmRSS"]
         url = png_url((5000, 5000), "RGBA", (120, 30, 60, 200))
-        body = {"messages": user([{"type": "image_url", "image_url": {"url": url}}] * 3
+        body = {"messages": user([{"type": "image_url", "image_url": {"url": url}}] * 2
                                  + [{"type": "text", "text": "hi"}]), "max_tokens": 2}
         target = type("Target", (), {"url": base})
         with ThreadPoolExecutor(4) as pool:
