@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
+from vlmforge.data.image_tokens import header_size
+from vlmforge.data.images import resolve_image_path
 from vlmforge.data.records import parse_line, text_problem, validate_record
 from vlmforge.data.tokenize import encode_conversation
 from vlmforge.errors import DataError
@@ -43,20 +45,43 @@ def template_overhead(roles: tuple[str, ...], tokenizer, image_token: str) -> in
 
 
 def _parse(line: bytes):
-    """(roles, contents, image count) of a record line; None when it is not a usable record."""
+    """(roles, contents, image count, image paths) of a record line; None when it is not a usable record."""
     try:
-        messages = json.loads(line)["messages"]
+        record = json.loads(line)
+        messages = record["messages"]
         roles = tuple(message["role"] for message in messages)
         contents = [message["content"] for message in messages]
-    except (ValueError, KeyError, TypeError, RecursionError):  # not JSON, not UTF-8, not a record, hostile nesting
+        paths = [path for path in record.get("images", []) if isinstance(path, str)]
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # not JSON / UTF-8 / a record, hostile nesting
         return None
     if not all(isinstance(content, str) for content in contents) or text_problem(contents) is not None:
         return None  # a lone surrogate would make the tokenizer raise; the sample fails validation later
-    return roles, contents, sum(content.count(IMAGE_PLACEHOLDER) for content in contents)
+    return roles, contents, sum(content.count(IMAGE_PLACEHOLDER) for content in contents), paths
 
 
-def record_token_lengths(lines: list[bytes], tokenizer, image_token: str, num_image_tokens: int) -> np.ndarray:
-    """(len(lines),) token counts of JSONL record lines; a line that is not a record gets bytes / 4."""
+def _images_length(count: int, paths: list[str], num_image_tokens, roots) -> int:
+    """Image tokens of one record: `count` x a constant, or each image's own count from its file header."""
+    if isinstance(num_image_tokens, int):
+        return count * num_image_tokens
+    counts = [num_image_tokens.count_of_file(resolve_image_path(path, roots)) for path in paths[:count]]
+    return sum(counts) + (count - len(counts)) * num_image_tokens.typical
+
+
+def sample_image_tokens(num_image_tokens, record: dict, roots):
+    """What `encode_conversation` takes for one record: the constant, or each image's ids from its header."""
+    if isinstance(num_image_tokens, int):
+        return num_image_tokens
+    sizes = [header_size(resolve_image_path(path, roots)) for path in record.get("images", [])]
+    longest = num_image_tokens.longest_edge
+    return [num_image_tokens.ids(*(size or (longest, longest))) for size in sizes]
+
+
+def record_token_lengths(lines: list[bytes], tokenizer, image_token: str, num_image_tokens, roots=()) -> np.ndarray:
+    """(len(lines),) token counts of JSONL record lines; a line that is not a record gets bytes / 4.
+
+    `num_image_tokens`: a constant per image (Llava), or a `TiledImageTokens` that reads each image's
+    size from its file header (relative paths under `roots`) without decoding it (Idefics3).
+    """
     parsed = [_parse(line) for line in lines]
     texts = [content.replace(IMAGE_PLACEHOLDER, "") for item in parsed if item for content in item[1]]
     content_lengths = iter(_token_counts(texts, tokenizer))
@@ -66,11 +91,11 @@ def record_token_lengths(lines: list[bytes], tokenizer, image_token: str, num_im
         if item is None:
             lengths[row] = len(line) // 4
             continue
-        roles, contents, images = item
+        roles, contents, images, paths = item
         if roles not in overheads:
             overheads[roles] = _overhead_or_zero(roles, tokenizer, image_token)
         text = sum(next(content_lengths) for _ in contents)
-        lengths[row] = text + overheads[roles] + images * num_image_tokens
+        lengths[row] = text + overheads[roles] + _images_length(images, paths, num_image_tokens, roots)
     return lengths
 
 
@@ -91,7 +116,7 @@ def _overhead_or_zero(roles, tokenizer, image_token: str) -> int:
         return 0
 
 
-def _file_lengths(index, tokenizer, image_token: str, num_image_tokens: int) -> np.ndarray:
+def _file_lengths(index, tokenizer, image_token: str, num_image_tokens, roots=()) -> np.ndarray:
     """Token counts of every indexed line of one JSONL file, read once, in order."""
     lengths = []
     with open(index.path, "rb") as handle:
@@ -100,19 +125,25 @@ def _file_lengths(index, tokenizer, image_token: str, num_image_tokens: int) -> 
             for offset, size in zip(index.offsets[start:start + _CHUNK], index.sizes[start:start + _CHUNK]):
                 handle.seek(int(offset))
                 lines.append(handle.read(int(size)))
-            lengths.append(record_token_lengths(lines, tokenizer, image_token, num_image_tokens))
+            lengths.append(record_token_lengths(lines, tokenizer, image_token, num_image_tokens, roots))
     return np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
 
 
-def dataset_token_lengths(dataset, tokenizer, image_token: str, num_image_tokens: int) -> np.ndarray:
+def dataset_token_lengths(dataset, tokenizer, image_token: str, num_image_tokens) -> np.ndarray:
     """(len(dataset),) near-exact token counts of a `ConversationDataset`'s samples, images expanded."""
     started = time.perf_counter()
-    per_file = [_file_lengths(index, tokenizer, image_token, num_image_tokens) for index in dataset.indexes]
+    per_file = [_file_lengths(index, tokenizer, image_token, num_image_tokens, _roots(dataset, index))
+                for index in dataset.indexes]
     flat = np.concatenate(per_file)
     starts = np.cumsum([0] + [len(index) for index in dataset.indexes])[:-1]
     lengths = flat[starts[dataset.file_ids] + dataset.rows]
     log.info("token lengths of %d samples in %.1f s", len(lengths), time.perf_counter() - started)
     return lengths
+
+
+def _roots(dataset, index) -> list:
+    """Where a file's relative image paths resolve: the dataset's image roots, or the file's folder."""
+    return list(getattr(dataset, "image_roots", None) or [index.path.parent])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +228,8 @@ def _exact_left_out(dataset, index: int, tokenizer, image_token: str, num_image_
     """Whether the trainer's own encoding leaves sample `index` out; None for a sample that is not a valid record."""
     messages = _messages(dataset, index)
     try:
-        encoded = encode_conversation(messages, tokenizer, image_token, num_image_tokens, max_length, too_long) if messages else None
+        encoded = encode_conversation(messages, tokenizer, image_token, _sample_tokens(dataset, index, num_image_tokens),
+                                      max_length, too_long) if messages else None
     except DataError:
         return None
     return None if messages is None else encoded is None or encoded.num_trained_tokens == 0
@@ -207,9 +239,22 @@ def _exact_length(dataset, index: int, tokenizer, image_token: str, num_image_to
     """The exact token length of sample `index` (what `data check` reports), or `fallback`."""
     messages = _messages(dataset, index)
     try:
-        return len(encode_conversation(messages, tokenizer, image_token, num_image_tokens, None).input_ids) if messages else fallback
+        if not messages:
+            return fallback
+        image_tokens = _sample_tokens(dataset, index, num_image_tokens)
+        return len(encode_conversation(messages, tokenizer, image_token, image_tokens, None).input_ids)
     except DataError:
         return fallback
+
+
+def _sample_tokens(dataset, index: int, num_image_tokens):
+    """`num_image_tokens` for sample `index`: the constant, or its images' ids from their headers."""
+    if isinstance(num_image_tokens, int):
+        return num_image_tokens
+    file_id, row = int(dataset.file_ids[index]), int(dataset.rows[index])
+    line_index = dataset.indexes[file_id]
+    record, _ = parse_line(line_index.read(row), first=int(line_index.line_numbers[row]) == 1)
+    return sample_image_tokens(num_image_tokens, record if isinstance(record, dict) else {}, _roots(dataset, line_index))
 
 
 def _messages(dataset, index: int) -> list | None:

@@ -43,6 +43,7 @@ class EncodedSample:
     input_ids: list[int]
     labels: list[int]
     num_images: int
+    image_end: int = 0  # position after the last image's tokens (truncation never cuts before it)
 
     @property
     def num_trained_tokens(self) -> int:
@@ -228,23 +229,40 @@ def token_id_of(tokenizer, token: str) -> int:
     return ids[0]
 
 
-def _encode_text(text: str, tokenizer, image_token_id: int, num_image_tokens: int,
-                 literal: bool = False) -> tuple[list[int], int]:
-    """Token ids of `text` with each placeholder expanded; returns (ids, number of images).
+def image_expander(num_image_tokens, image_token_id: int):
+    """A function giving the ids of the next image, in order: `num_image_tokens` copies of the image token
+    (an int: every image alike, Llava), or each image's own ids (a sequence of id lists: Idefics3 tiles)."""
+    if isinstance(num_image_tokens, int):
+        return lambda: [image_token_id] * num_image_tokens
+    remaining = iter(num_image_tokens)
+
+    def next_image() -> list[int]:
+        ids = next(remaining, None)
+        if ids is None:
+            raise DataError(f"the text has more {IMAGE_PLACEHOLDER} placeholders than the sample has images")
+        return list(ids)
+
+    return next_image
+
+
+def _encode_text(text: str, tokenizer, next_image, literal: bool = False) -> tuple[list[int], int, int]:
+    """Token ids of `text` with each placeholder expanded by `next_image()`; (ids, number of images, end of the last).
 
     `literal` text (message text holding control-token text) is encoded with special-token parsing
     off; a tokenizer that ignores that request gets a `DataError` rather than forged turns.
     """
     pieces = text.split(IMAGE_PLACEHOLDER)
     ids: list[int] = []
+    image_end = 0
     for index, piece in enumerate(pieces):
         if index:
-            ids += [image_token_id] * num_image_tokens
+            ids += next_image()
+            image_end = len(ids)
         if piece and literal:
             ids += _encode_plain(piece, tokenizer)
         elif piece:
             ids += tokenizer.encode(piece, add_special_tokens=False)
-    return ids, len(pieces) - 1
+    return ids, len(pieces) - 1, image_end
 
 
 def _encode_plain(text: str, tokenizer) -> list[int]:
@@ -257,30 +275,35 @@ def _encode_plain(text: str, tokenizer) -> list[int]:
 
 
 def _encode_pieces(pieces: list[tuple[str, bool, bool]], tokenizer, image_token_id: int,
-                   num_image_tokens: int) -> tuple[list[int], list[int], int]:
-    """(input ids, labels, number of images) of `(text, trained, literal)` pieces."""
+                   num_image_tokens) -> tuple[list[int], list[int], int, int]:
+    """(input ids, labels, number of images, end of the last image) of `(text, trained, literal)` pieces."""
     input_ids: list[int] = []
     labels: list[int] = []
-    num_images = 0
+    num_images = image_end = 0
+    next_image = image_expander(num_image_tokens, image_token_id)
     for text, trained, literal in pieces:
-        ids, images = _encode_text(text, tokenizer, image_token_id, num_image_tokens, literal)
+        ids, images, end = _encode_text(text, tokenizer, next_image, literal)
         if trained and images:
             raise DataError(f"an assistant turn holds {IMAGE_PLACEHOLDER}; only user turns may")
         input_ids += ids
         labels += ids if trained else [IGNORE_INDEX] * len(ids)
         num_images += images
-    return input_ids, labels, num_images
+        image_end = len(input_ids) - len(ids) + end if images else image_end
+    return input_ids, labels, num_images, image_end
 
 
 def encode_conversation(
     record_messages: list[dict],
     tokenizer,
     image_token: str,
-    num_image_tokens: int,
+    num_image_tokens,
     max_length: int | None,
     too_long: str = "drop",
 ) -> EncodedSample | None:
     """Tokenise a conversation for training; None when it is too long for `max_length` under `too_long`.
+
+    `num_image_tokens`: an int (each `<image>` becomes that many image tokens, Llava) or one id list
+    per image of the conversation, in order (what the processor writes for it, Idefics3 tiles).
 
     `too_long="drop"` refuses any sequence over `max_length`; `"truncate"` cuts text after the last
     image (never an image token) and still returns None when that is not enough or leaves nothing
@@ -302,14 +325,13 @@ def encode_conversation(
 
 def _truncate(sample: EncodedSample, max_length: int, image_token_id: int) -> EncodedSample | None:
     """Cut to `max_length` when every image token survives and some label remains."""
-    image_positions = [i for i, token in enumerate(sample.input_ids) if token == image_token_id]
-    if image_positions and image_positions[-1] >= max_length:
+    if sample.image_end > max_length:
         return None
-    cut = EncodedSample(sample.input_ids[:max_length], sample.labels[:max_length], sample.num_images)
+    cut = EncodedSample(sample.input_ids[:max_length], sample.labels[:max_length], sample.num_images, sample.image_end)
     return cut if cut.num_trained_tokens else None
 
 
-def encode_prompt(messages: list[dict], tokenizer, image_token: str, num_image_tokens: int,
+def encode_prompt(messages: list[dict], tokenizer, image_token: str, num_image_tokens,
                   chat_template: str | None = None) -> list[int]:
     """Token ids of a prompt for generation: the template with the generation prompt, images expanded.
 
@@ -318,7 +340,7 @@ def encode_prompt(messages: list[dict], tokenizer, image_token: str, num_image_t
     """
     text = render(messages, tokenizer, add_generation_prompt=True, chat_template=chat_template)
     spans = literal_spans(messages, tokenizer, text, add_generation_prompt=True, chat_template=chat_template)
-    ids, _, _ = _encode_pieces(_split_literal([(text, False)], spans), tokenizer,
+    ids, _, _, _ = _encode_pieces(_split_literal([(text, False)], spans), tokenizer,
                                token_id_of(tokenizer, image_token), num_image_tokens)
     return ids
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vlmforge.data.image_tokens import image_tokens_for, is_tiling
 from vlmforge.data.tokenize import IGNORE_INDEX, encode_conversation
 
 log = logging.getLogger(__name__)
@@ -88,22 +89,35 @@ class Collator:
         self.too_long = too_long
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.dropped_too_long = 0
+        self.tiled_tokens = image_tokens_for(processor) if is_tiling(processor) else None  # Idefics3: per image size
 
-    def encode(self, sample):
+    def encode(self, sample, image_ids=None):
+        """`image_ids`: each image's own token ids (tiling processors); else `num_image_tokens` per image."""
         encoded = encode_conversation(sample.record["messages"], self.tokenizer, self.image_token,
-                                      self.num_image_tokens, self.max_length, self.too_long)
+                                      self.num_image_tokens if image_ids is None else image_ids,
+                                      self.max_length, self.too_long)
         if encoded is None:
             self.dropped_too_long += 1
             log.debug("dropping %s:%d: longer than %d tokens", sample.path, sample.line, self.max_length)
         return encoded
 
     def __call__(self, samples: list) -> dict | None:
-        import torch
-
-        pairs = [(sample, self.encode(sample)) for sample in samples if sample is not None]
+        samples = [sample for sample in samples if sample is not None]
+        if self.tiled_tokens is not None:
+            return self._tiled(samples)
+        pairs = [(sample, self.encode(sample)) for sample in samples]
         pairs = [(sample, encoded) for sample, encoded in pairs if encoded is not None and encoded.num_trained_tokens]
         if not pairs:
             return None
+        batch = self._text_batch(pairs)
+        images = [image for sample, _ in pairs for image in sample.images]
+        if images:
+            batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        return batch
+
+    def _text_batch(self, pairs) -> dict:
+        import torch
+
         longest = max(len(encoded.input_ids) for _, encoded in pairs)
         input_ids = torch.full((len(pairs), longest), self.pad_id, dtype=torch.long)  # (B, T)
         labels = torch.full((len(pairs), longest), IGNORE_INDEX, dtype=torch.long)  # (B, T)
@@ -113,8 +127,32 @@ class Collator:
             input_ids[row, :length] = torch.tensor(encoded.input_ids)
             labels[row, :length] = torch.tensor(encoded.labels)
             attention_mask[row, :length] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        images = [image for sample, _ in pairs for image in sample.images]
-        if images:
-            batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def _tiled(self, samples: list) -> dict | None:
+        """Idefics3-style processors: each image's tokens depend on its tile grid, read from the image processor.
+
+        The batch's images go through the image processor together, one row per sample with images,
+        tiles zero-padded to the longest row with a `pixel_attention_mask`, exactly as the processor
+        pads them; rows of samples left out are dropped (the model skips all-zero padding tiles).
+        """
+        tokens = self.tiled_tokens
+        with_images = [sample for sample in samples if sample.images]
+        features = (self.processor.image_processor([sample.images for sample in with_images], return_row_col_info=True,
+                                                   return_tensors="pt") if with_images else {})
+        grids = {id(sample): list(zip(rows, cols)) for sample, rows, cols
+                 in zip(with_images, features.get("rows", []), features.get("cols", []))}
+        pairs, kept = [], []
+        for sample in samples:
+            grid = grids.get(id(sample), [])
+            encoded = self.encode(sample, [tokens.ids_for_grid(rows, cols) for rows, cols in grid])
+            if encoded is not None and encoded.num_trained_tokens:
+                pairs.append((sample, encoded))
+                kept += [index for index, other in enumerate(with_images) if other is sample]
+        if not pairs:
+            return None
+        batch = self._text_batch(pairs)
+        if kept:
+            batch["pixel_values"] = features["pixel_values"][kept]  # (S, N_tiles, C, H, W)
+            batch["pixel_attention_mask"] = features["pixel_attention_mask"][kept]  # (S, N_tiles, H, W)
         return batch

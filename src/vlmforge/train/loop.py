@@ -153,10 +153,12 @@ class Trainer:
 
         budget = BadSampleBudget(max_fraction=data.max_bad_fraction)
         self.dataset = ConversationDataset(data.paths, data.weights or None, data.image_roots, budget=budget, seed=train.seed)
-        num_image_tokens = self.unwrapped.config.image_seq_length
+        from vlmforge.data.image_tokens import image_tokens_for, typical_count
+
+        num_image_tokens = image_tokens_for(self.processor)  # a constant (Llava) or per image size (Idefics3 tiles)
         world = self.accelerator.num_processes
         lengths = (dataset_token_lengths(self.dataset, self.processor.tokenizer, self.processor.image_token, num_image_tokens)
-                   if data.group_by_length else self.dataset.length_estimates(num_image_tokens))
+                   if data.group_by_length else self.dataset.length_estimates(typical_count(num_image_tokens)))
         self.plan = BatchPlan(lengths, train.batch_size * train.grad_accum * world,
                               train.seed, data.group_by_length)
         if self.plan.steps_per_epoch() == 0:
