@@ -22,9 +22,10 @@ import pytest
 from PIL import Image
 
 from vlmforge.data.images import shrink_to_side
+from vlmforge.infer.host_check import allowed_host_check, host_name
 from vlmforge.infer.image_urls import ImageUrlError, PixelBudget
 from vlmforge.infer.serve_config import ServeConfig
-from vlmforge.infer.server import BackgroundServer, allowed_host_check, create_app, host_name, keep_image_side
+from vlmforge.infer.server import BackgroundServer, create_app, keep_image_side
 
 
 @pytest.fixture(scope="module")

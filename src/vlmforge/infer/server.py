@@ -8,7 +8,8 @@
 Routes: `POST /v1/chat/completions` (plain or streamed as server-sent events), `GET /v1/models`,
 `GET /health`, and the chat page at `/`. Requests are parsed by `openai_schema`, images decoded by
 `image_urls` (in the thread pool, so a slow one blocks nobody), and generation runs on the single
-`ModelWorker` thread. Every refusal is a 4xx JSON body in the OpenAI error shape.
+`ModelWorker` thread. Every refusal is a 4xx JSON body in the OpenAI error shape. Pages of other
+sites cannot drive it: no CORS unless asked, JSON bodies only (415), Host names checked (`host_check`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from vlmforge.infer.image_urls import ImageUrlError, ImageUrlLimits, PixelBudget
 from vlmforge.infer.model_worker import Job, ModelWorker
 from vlmforge.infer.openai_schema import (ChatRequest, RequestError, RequestLimits, completion_chunk,
                                           completion_response, error_body, parse_chat_request, usage)
+from vlmforge.infer.host_check import HostHeaderCheck, allowed_host_check
 from vlmforge.infer.serve_config import LOOPBACK_HOSTS, ServeConfig
 
 logger = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def create_app(config: ServeConfig, model, processor):
     app = FastAPI(title="vlmforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     if config.cors_origins:
         _allow_cross_origin_pages(app, config.cors_origins)
-    _check_host_header(app, allowed_host_check(config))
+    app.add_middleware(HostHeaderCheck, allowed=allowed_host_check(config))
     _add_error_handlers(app)
     _add_api_routes(app, config, worker, keep_image_side(processor))
     if config.web:
@@ -89,64 +91,6 @@ def _allow_cross_origin_pages(app, origins: list[str]) -> None:
 
     app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
                        allow_headers=["Authorization", "Content-Type"], max_age=600)
-
-
-def allowed_host_check(config: ServeConfig):
-    """A test of the Host header: the loopback names, the bound host and `--allowed-hosts` (`*`: any).
-
-    A page on another site cannot read the API's answers (no CORS), but a DNS-rebinding page can: its
-    own name then points at 127.0.0.1, and only the Host header it sends gives it away. When bound to
-    every interface (0.0.0.0 / ::), any IP address is accepted too: an address cannot be rebound."""
-    names = {name.lower().rstrip(".") for name in (*LOOPBACK_HOSTS, config.host, *config.allowed_hosts)}
-    if "*" in names:
-        return lambda host: True
-    any_address = config.host in ("0.0.0.0", "::", "")
-
-    def allowed(host: str) -> bool:
-        host = host.lower().rstrip(".")
-        return host in names or (any_address and _is_ip_address(host))
-
-    return allowed
-
-
-def _is_ip_address(text: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def host_name(header: str) -> str:
-    """The name in a Host header, without its port: `[::1]:8000` → `::1`, `localhost:80` → `localhost`."""
-    if header.startswith("["):
-        return header[1:].split("]", 1)[0]
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
-
-
-def _check_host_header(app, allowed) -> None:
-    app.add_middleware(HostHeaderCheck, allowed=allowed)
-
-
-class HostHeaderCheck:
-    """ASGI middleware: a request whose Host header names a host not `allowed` gets a 400 (plain ASGI,
-    so streamed answers and client disconnects pass through untouched)."""
-
-    def __init__(self, app, allowed):
-        self.app, self.allowed = app, allowed
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            header = dict(scope["headers"]).get(b"host")
-            name = host_name(header.decode("latin-1")) if header is not None else None
-            if name is not None and not self.allowed(name):
-                error = RequestError(f"this server does not answer to the host name {name!r}; start it with "
-                                     f"--allowed-hosts {name} to allow it", code="invalid_host")
-                await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def keep_image_side(processor) -> int:
