@@ -10,16 +10,23 @@ import re
 
 from vlmforge.errors import ConfigError
 
-LANGUAGE_PREFIX = "model.language_model."
-PROJECTOR_PREFIX = "model.multi_modal_projector."
-VISION_PREFIX = "model.vision_tower."
+# Llava's module names, then Idefics3's (`vlmforge build --arch idefics3`): the connector is the projector.
+LANGUAGE_PREFIX = ("model.language_model.", "model.text_model.")
+PROJECTOR_PREFIX = ("model.multi_modal_projector.", "model.connector.")
+VISION_PREFIX = ("model.vision_tower.", "model.vision_model.")
+
+
+def language_model(model):
+    """The decoder inside a Llava (`language_model`) or Idefics3 (`text_model`) model."""
+    inner = model.model
+    return inner.language_model if hasattr(inner, "language_model") else inner.text_model
 
 
 def language_linear_names(model) -> list[str]:
     """Leaf names of every nn.Linear inside the LLM (q_proj, k_proj, ..., down_proj, whatever the family)."""
     import torch
 
-    names = {name.rsplit(".", 1)[-1] for name, module in model.model.language_model.named_modules()
+    names = {name.rsplit(".", 1)[-1] for name, module in language_model(model).named_modules()
              if isinstance(module, torch.nn.Linear)}
     return sorted(names)
 
@@ -29,7 +36,7 @@ def lora_target_regex(model, target_modules: list[str]) -> str:
     if not names:
         raise ConfigError("the language model has no linear layers to put LoRA on")
     alternatives = "|".join(re.escape(name) for name in names)
-    return rf"^model\.language_model\..*\.({alternatives})$"
+    return rf"^model\.(language_model|text_model)\..*\.({alternatives})$"
 
 
 def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules: list[str]):
