@@ -61,6 +61,10 @@ def test_recipes_built_in_python_are_checked_by_the_same_ranges():
     recipe.train.lr.llm = float("nan")
     with pytest.raises(ConfigError, match="train.lr.llm must be a finite number"):
         validate_recipe(recipe)
+    recipe.train.lr.llm = 1e-5
+    recipe.data.weights = [0.0]
+    with pytest.raises(ConfigError, match="data.weights are all 0"):
+        validate_recipe(recipe)
 
 
 def test_duplicate_yaml_key_is_an_error_naming_key_and_line(tmp_path, capsys):

@@ -132,6 +132,8 @@ def validate_recipe(recipe: Recipe, need_data: bool = True) -> None:
         raise ConfigError("model.path is empty: give a folder made by `vlmforge build` (--model.path my-vlm)")
     if recipe.data.weights and len(recipe.data.weights) != len(recipe.data.paths):
         raise ConfigError(f"data.weights has {len(recipe.data.weights)} value(s) for {len(recipe.data.paths)} file(s)")
+    if recipe.data.weights and not any(recipe.data.weights):
+        raise ConfigError("data.weights are all 0: no sample would ever be drawn")
     parts = recipe.trainable
     if parts.vision == "frozen" and parts.projector == "frozen" and parts.llm == "frozen":
         raise ConfigError("nothing to train: trainable.vision, .projector and .llm are all frozen")
