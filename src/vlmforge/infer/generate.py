@@ -83,12 +83,16 @@ def _keep_control_text_plain(batch, processor, conversations: list[list[dict]], 
         return batch
     import torch
 
+    from vlmforge.data.image_tokens import image_tokens_for, is_tiling
+
     image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    tiled = image_tokens_for(processor) if is_tiling(processor) else None  # Idefics3: ids depend on each image's size
     rows = []
     for row, (ids, mask) in enumerate(zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())):
         ids = [token for token, keep in zip(ids, mask) if keep]
         if row in risky:
-            per_image = ids.count(image_id) // max(len(images[row]), 1)
+            per_image = ([tiled.ids(*image.size) for image in images[row]] if tiled
+                         else ids.count(image_id) // max(len(images[row]), 1))
             ids = encode_prompt(conversations[row], processor.tokenizer, processor.image_token, per_image,
                                 chat_template=getattr(processor, "chat_template", None))
         rows.append(ids)
