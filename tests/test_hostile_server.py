@@ -162,7 +162,7 @@ def test_pixel_budget_waits_for_room_and_then_refuses_busy():
         thread = threading.Thread(target=lambda: (second.__enter__(), entered.set()))
         thread.start()
         assert not entered.wait(0.1)  # waits while 80 + 50 > 100
-    thread.join(2)
+    thread.join(10)
     assert entered.is_set() and budget.in_use == 50 and budget.peak == 80
     with pytest.raises(ImageUrlError, match="busy"):
         with budget.reserve(60):
