@@ -9,7 +9,8 @@ Each variant is vlmforge's own `Trainer` set up from the bench recipe with one c
 - vision_autograd: the frozen tower's parameters keep `requires_grad` (not in the optimizer), so
   autograd records the tower and back-propagates into it, as many repos leave it;
 - lora_dropout: LoRA dropout 0.05 instead of 0 (only where the bench runs with 0: a CPU);
-- precision: the other precision than `train.precision: auto` chose (fp32 ↔ bf16 autocast).
+- precision: the other precision than `train.precision: auto` chose (fp32 ↔ bf16 autocast); not on a
+  CPU that only emulates bf16 (AVX2: ~100× slower than fp32, a step would take minutes).
 The report divides vlmforge's real tokens/s by each variant's: what that lever is worth.
 """
 
@@ -68,8 +69,9 @@ def full_logits(model) -> None:
     model.forward = forward
 
 
-def lever_recipe(recipe: Recipe, lever: str, bf16: bool) -> Recipe | None:
-    """The recipe of the variant without `lever`; None when that lever is already off in `recipe`."""
+def lever_recipe(recipe: Recipe, lever: str, bf16: bool, bf16_native: bool = True) -> Recipe | None:
+    """The recipe of the variant without `lever`; None when that lever is already off in `recipe` (or, for
+    precision, when the other precision is bf16 on hardware that only emulates it)."""
     variant = copy.deepcopy(recipe)
     variant.train.output_dir = f"{recipe.train.output_dir}-{lever}"
     if lever == "padding":
@@ -79,14 +81,16 @@ def lever_recipe(recipe: Recipe, lever: str, bf16: bool) -> Recipe | None:
             return None
         variant.lora.dropout = 0.05
     elif lever == "precision":
+        if not bf16 and not bf16_native:
+            return None
         variant.train.precision = "fp32" if bf16 else "bf16"
     return variant
 
 
-def lever_sides(recipe: Recipe, bf16: bool, base_model_factory=None) -> dict[str, LeverSide]:
+def lever_sides(recipe: Recipe, bf16: bool, bf16_native: bool = True, base_model_factory=None) -> dict[str, LeverSide]:
     sides = {}
     for lever in LEVERS:
-        variant = lever_recipe(recipe, lever, bf16)
+        variant = lever_recipe(recipe, lever, bf16, bf16_native)
         if variant is not None:
             sides[lever] = LeverSide(variant, lever, base_model=base_model_factory() if base_model_factory else None)
     return sides

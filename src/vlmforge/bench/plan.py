@@ -107,6 +107,8 @@ def format_plan(result: dict, title: str) -> str:
         mark = lambda fits: " " if fits else "✗"  # noqa: E731
         lines.append(f"{row['batch']:>11}  {row['gb']:>7.1f}{mark(row['fits'])}  "
                      f"{row['gb_checkpointing']:>17.1f}{mark(row['fits_checkpointing'])}")
+    if result.get("image_tokens"):
+        lines.append(f"images: {result['image_tokens']}")
     lines.append(f"recommended: {result['advice']}  (estimate; ✗ = over 92 % of the GPU)")
     return "\n".join(lines)
 
@@ -145,9 +147,27 @@ def plan_recipe(recipe_name: str, gpu_gb: float, model_path: str = "", bench_con
         tied, source = bench_config == "tiny", f"bench config {bench_config}"
     parts = (recipe.trainable.vision, recipe.trainable.projector, recipe.trainable.llm)
     result = plan(shape, parts, seq_len or recipe.data.max_length, gpu_gb, tied)
+    result["image_tokens"] = _image_tokens(path, config if path else None, shape)
     title = f"memory plan: recipe {recipe_name} on {source} (vision {parts[0]}, projector {parts[1]}, llm {parts[2]}" \
             + (f", LoRA rank {recipe.lora.rank})" if parts[2] == "lora" else ")")
     return result, title
+
+
+def _image_tokens(path: str, config, shape: ModelShape) -> str:
+    """How many tokens an image becomes: from the folder's configs (Llava or Idefics3), else the bench shape's patches."""
+    import json
+    from pathlib import Path
+
+    from vlmforge.model.idefics3 import image_token_summary
+
+    if config is None:
+        return f"{shape.patches} image tokens per image (llava: every image alike)"
+    preprocessor = Path(path) / "preprocessor_config.json"
+    try:
+        settings = json.loads(preprocessor.read_text(encoding="utf-8")) if preprocessor.is_file() else None
+    except (OSError, ValueError):
+        settings = None
+    return image_token_summary(config, settings if isinstance(settings, dict) else None)
 
 
 def _read_llava_config(path: str):

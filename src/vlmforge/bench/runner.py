@@ -14,6 +14,7 @@ import gc
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -154,6 +155,7 @@ def _run(config: BenchConfig, device, folder: Path, options: Options) -> dict:
     from vlmforge.bench.synthetic_data import write_bench_dataset
 
     report = {"config": config.name, "steps": config.steps, "baseline": options.baseline, "machine": machine_info(device)}
+    started = time.perf_counter()
     bar = options.progress("set-up (ceiling, data, model)", 3)
     gemm_before = measure_gemm(device, config.gemm_size)
     bar.update()
@@ -164,7 +166,9 @@ def _run(config: BenchConfig, device, folder: Path, options: Options) -> dict:
     bar.update()
     bar.close()
     bench = _Bench(config, device, folder, data_path, model_dir, options)
+    bench.seconds["set-up"] = time.perf_counter() - started
     vlmforge_run, baseline_run, report["inference"], lever_runs = bench.run()
+    report["phase_seconds"] = {phase: round(seconds, 1) for phase, seconds in bench.seconds.items()}
     report["gemm"] = best_gemm(gemm_before, measure_gemm(device, config.gemm_size))
     report["machine"]["load_average_end"] = load_average()
     report["training"] = training_report(vlmforge_run, baseline_run, report["gemm"])
@@ -206,9 +210,16 @@ class _Bench:
     def __init__(self, config: BenchConfig, device, folder: Path, data_path: Path, model_dir: Path, options: Options):
         self.config, self.device, self.folder = config, device, folder
         self.data_path, self.model_dir, self.options = data_path, model_dir, options
+        self.seconds: dict[str, float] = {}  # wall time per phase (the report's phase_seconds)
 
     def run(self):
         """(vlmforge TrainingRun, baseline TrainingRun, inference report or None, {lever: TrainingRun})."""
+        started = time.perf_counter()
+        result = self._run()
+        self.seconds["training"] = time.perf_counter() - started - self.seconds.get("generation", 0.0)
+        return result
+
+    def _run(self):
         from vlmforge.bench.training_run import run_sides
 
         vlmforge_side = self._vlmforge_side()
@@ -257,7 +268,9 @@ class _Bench:
         if self.config.needs_cuda:
             raise ConfigError(f"--breakdown is for configs that fit several copies in memory (tiny, small), "
                               f"not {self.config.name}")
-        return lever_sides(self._recipe(), vlmforge_side.trainer.bf16)
+        from vlmforge.bench.machine import cpu_bf16_native
+
+        return lever_sides(self._recipe(), vlmforge_side.trainer.bf16, self.device.type == "cuda" or cpu_bf16_native())
 
     def _levers_alone(self, vlmforge_side) -> dict:
         from vlmforge.bench.training_run import run_sides
@@ -333,6 +346,7 @@ class _Bench:
             vlmforge_side.trainer = trainer = None
             _free(self.device)
             return None
+        started = time.perf_counter()
         bar = self.options.progress("generation: export, then both paths", 2)
         if self.config.needs_cuda:  # no round trip through the disk for 7B: merge in memory
             import torch
@@ -350,6 +364,7 @@ class _Bench:
                                    self.config.max_new_tokens)
         bar.update()
         bar.close()
+        self.seconds["generation"] = time.perf_counter() - started
         return result
 
 

@@ -139,7 +139,7 @@ class TrlSide(TrainingSide):
                           bias="none", target_modules=lora_target_regex(model, []),
                           modules_to_save=["multi_modal_projector"], task_type="CAUSAL_LM")
         config = model.config
-        self.trainer = SFTTrainer(model=model.float(), args=sft_config(settings, output_dir, device.type == "cpu"),
+        self.trainer = SFTTrainer(model=model, args=sft_config(settings, output_dir, device.type == "cpu"),
                                   train_dataset=self.dataset.select(indices), processing_class=processor,
                                   peft_config=lora)
         self._prepare()
