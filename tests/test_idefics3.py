@@ -135,3 +135,11 @@ def test_cli_build_arch_idefics3(tiny_parts, tmp_path, capsys):
     assert "4 image tokens per tile" in capsys.readouterr().out
     native, _ = _native(out)
     assert native.config.scale_factor == 2 and native.config.vision_config.image_size == 32
+
+
+def test_bench_plan_knows_the_image_tokens_of_both_families(built, tiny_vlm_dir, capsys):
+    assert main(["bench", "--plan", "instruct-lora", "--gpu-gb", "24", "--model", str(built[2][2])]) == 0
+    assert ("images: 4 image tokens per 32-pixel tile (idefics3, pixel shuffle 2); an image resized to a 64-pixel "
+            "longest side is at most 2x2 tiles + a global view: up to 20 image tokens") in capsys.readouterr().out
+    assert main(["bench", "--plan", "instruct-lora", "--gpu-gb", "24", "--model", str(tiny_vlm_dir)]) == 0
+    assert "images: 16 image tokens per image (llava" in capsys.readouterr().out

@@ -211,3 +211,21 @@ def check_idefics3_forward(vlm, processor) -> None:
     if tuple(logits.shape[:2]) != tuple(inputs["input_ids"].shape):
         raise ModelError(f"the composed Idefics3 model cannot run: logits {tuple(logits.shape)} "
                          f"for input ids {tuple(inputs['input_ids'].shape)}")
+
+
+def image_token_summary(config, preprocessor: dict | None = None) -> str:
+    """One line saying how many image tokens an image becomes, for a Llava or an Idefics3 config (no weights).
+
+    `preprocessor`: the folder's preprocessor_config.json (Idefics3: `size.longest_edge`, the tile size).
+    """
+    if getattr(config, "model_type", "") != "idefics3":
+        return f"{config.image_seq_length} image tokens per image (llava: every image alike)"
+    vision = config.vision_config
+    tile = vision.image_size
+    per_tile = (tile // vision.patch_size) ** 2 // config.scale_factor ** 2
+    longest = int(((preprocessor or {}).get("size") or {}).get("longest_edge") or tile)
+    grid = -(-longest // tile)  # tiles a side at most
+    most = (grid * grid + (1 if grid > 1 else 0)) * per_tile
+    return (f"{per_tile} image tokens per {tile}-pixel tile (idefics3, pixel shuffle {config.scale_factor}); an image "
+            f"resized to a {longest}-pixel longest side is at most {grid}x{grid} tiles + a global view: "
+            f"up to {most} image tokens (+ about {2 * grid * grid + grid + 4} layout tokens)")
