@@ -27,16 +27,17 @@ from vlmforge.train.loop import train
 train(tiny_recipe({model!r}, {data!r}, sys.argv[2], max_steps=3, batch_size=int(sys.argv[1]), save_steps=3))
 """
 
-# The shipped instruct-full recipe (the one that needs sharding: full LLM, grad_accum 4, gradient
-# checkpointing) at a learning rate that moves a tiny model visibly in 4 steps.
-FULL_SCRIPT = """
+# A shipped recipe (argv[1]) as shipped but for a learning rate that moves a tiny model visibly in 4 steps:
+# instruct-full is the one that needs sharding (full LLM, grad_accum 4, gradient checkpointing),
+# instruct-lora the one with dropout (each process draws its own masks).
+RECIPE_SCRIPT = """
 import logging, os, signal, sys
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 sys.path.insert(0, {tests!r})
 from train_helpers import shipped_recipe
 from vlmforge.train.loop import train
-strategy, batch, run, kill_at = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-recipe = shipped_recipe("instruct-full", {model!r}, {data!r}, run, max_steps=4, batch_size=batch, save_steps=2,
+name, strategy, batch, run, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+recipe = shipped_recipe(name, {model!r}, {data!r}, run, max_steps=4, batch_size=batch, save_steps=2,
                         log_steps=1, strategy=strategy, export=True)
 recipe.train.lr.projector = recipe.train.lr.llm = 1e-3
 
@@ -88,10 +89,10 @@ def full_runs(tiny_vlm_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("full")
     data = write_colour_dataset(root / "data")
     script = root / "train.py"
-    script.write_text(FULL_SCRIPT.format(tests=str(Path(__file__).parent), model=str(tiny_vlm_dir), data=str(data)))
+    script.write_text(RECIPE_SCRIPT.format(tests=str(Path(__file__).parent), model=str(tiny_vlm_dir), data=str(data)))
     runs = {"script": script}
     for name, strategy, batch, processes in [("single", "auto", 2, 1), ("fsdp", "fsdp", 1, 2), ("ddp", "auto", 1, 2)]:
-        result = _launch(script, strategy, batch, root / name, 0, processes=processes)
+        result = _launch(script, "instruct-full", strategy, batch, root / name, 0, processes=processes)
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = (root / name, result.stderr)
     return runs
@@ -129,9 +130,9 @@ def test_fsdp_checkpoint_is_whole_and_export_matches_ddp(full_runs, tiny_vlm_dir
 def test_killed_fsdp_run_resumes(full_runs, tmp_path):
     script, (uninterrupted, _) = full_runs["script"], full_runs["fsdp"]
     run = tmp_path / "killed"
-    killed = _launch(script, "fsdp", 1, run, 3)
+    killed = _launch(script, "instruct-full", "fsdp", 1, run, 3)
     assert killed.returncode != 0 and os.readlink(run / "checkpoint-latest") == "checkpoint-2", killed.stderr[-3000:]
-    resumed = _launch(script, "fsdp", 1, run, 0, "--resume")
+    resumed = _launch(script, "instruct-full", "fsdp", 1, run, 0, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
     assert _losses(run) == _losses(uninterrupted)
@@ -149,9 +150,28 @@ def test_fsdp_checkpoint_resumes_in_one_process(full_runs, tmp_path):
     run = tmp_path / "continued"
     run.mkdir()
     shutil.copytree(fsdp / "checkpoint-2", run / "checkpoint-2")
-    resumed = _launch(script, "auto", 2, run, 0, "--resume", processes=1)
+    resumed = _launch(script, "instruct-full", "auto", 2, run, 0, "--resume", processes=1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _losses(run) == pytest.approx(_losses(full_runs["single"][0])[2:], rel=1e-4)
     a, b = load_file(fsdp / "checkpoint-4" / "trainable.safetensors"), load_file(run / "checkpoint-4" / "trainable.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_killed_ddp_run_with_dropout_resumes_bit_exact(tiny_vlm_dir, tmp_path):
+    """Shipped instruct-lora (dropout 0.05) under DDP: each rank's RNG state is saved and restored, not rank 0's for all."""
+    data = write_colour_dataset(tmp_path / "data")
+    script = tmp_path / "train.py"
+    script.write_text(RECIPE_SCRIPT.format(tests=str(Path(__file__).parent), model=str(tiny_vlm_dir), data=str(data)))
+    whole = _launch(script, "instruct-lora", "auto", 1, tmp_path / "whole", 0)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    run = tmp_path / "killed"
+    killed = _launch(script, "instruct-lora", "auto", 1, run, 3)
+    assert killed.returncode != 0 and os.readlink(run / "checkpoint-latest") == "checkpoint-2", killed.stderr[-3000:]
+    resumed = _launch(script, "instruct-lora", "auto", 1, run, 0, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = load_file(tmp_path / "whole" / "checkpoint-4" / "trainable.safetensors"), load_file(run / "checkpoint-4" / "trainable.safetensors")
+    assert any("lora_A" in name for name in a)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)

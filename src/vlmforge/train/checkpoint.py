@@ -82,8 +82,11 @@ def restore_rng_state(state: dict) -> None:
 
 # -- saving ---------------------------------------------------------------------------------
 def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, trainer_state: dict,
-                    recipe_yaml: str, keep: int) -> Path:
+                    recipe_yaml: str, keep: int, rng_states: list | None = None) -> Path:
     """Write checkpoint-STEP atomically, point checkpoint-latest at it, prune to the newest `keep`.
+
+    `rng_states`: every process's `rng_state()`, in rank order, when several train (each draws its
+    own dropout masks); rng.pt then holds rank 0's at the top, as one process writes it, and all under "ranks".
 
     A full disk raises `DiskFullError` (one line naming the device and the newest intact
     checkpoint) after the partial folder is removed, so `--resume` continues from that one.
@@ -94,7 +97,8 @@ def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, tr
     try:
         with atomic_directory(final) as tmp:
             weights = {name: tensor.contiguous().cpu() for name, tensor in trainable_state(model).items()}
-            _write_files(tmp, step, weights, optimizer.state_dict(), scheduler.state_dict(), trainer_state, recipe_yaml)
+            _write_files(tmp, step, weights, optimizer.state_dict(), scheduler.state_dict(), trainer_state, recipe_yaml,
+                         {**rng_states[0], "ranks": rng_states} if rng_states else rng_state())
         _point_latest(output_dir, final.name)
     except Exception as error:
         if not is_disk_full(error):
@@ -105,7 +109,7 @@ def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, tr
 
 
 def _write_files(folder: Path, step: int, weights: dict, optimizer_state: dict, scheduler_state: dict,
-                 trainer_state: dict, recipe_yaml: str) -> None:
+                 trainer_state: dict, recipe_yaml: str, rng: dict) -> None:
     """Every checkpoint file, then the manifest (last: its presence means the rest was written)."""
     import torch
     from safetensors.torch import save_file
@@ -115,7 +119,7 @@ def _write_files(folder: Path, step: int, weights: dict, optimizer_state: dict, 
         torch.save(optimizer_state, handle)
     (folder / "scheduler.json").write_text(json.dumps(scheduler_state))
     with open(folder / "rng.pt", "wb") as handle:
-        torch.save(rng_state(), handle)
+        torch.save(rng, handle)
     (folder / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
     (folder / "trainer_state.json").write_text(json.dumps({**trainer_state, "step": step}, indent=1))
     write_manifest(folder)
@@ -301,8 +305,8 @@ def verify_for_export(path: Path) -> None:
 
 
 # -- loading --------------------------------------------------------------------------------
-def load_checkpoint(path: Path, model, optimizer, scheduler, recipe=None) -> dict:
-    """Restore weights, optimizer, scheduler and RNG from `path`; returns the trainer state.
+def load_checkpoint(path: Path, model, optimizer, scheduler, recipe=None, rank: int = 0) -> dict:
+    """Restore weights, optimizer, scheduler and RNG (process `rank`'s, when saved) from `path`; returns the trainer state.
 
     Everything is checked before anything is changed: the saved recipe against `recipe` (when
     given), then tensor names and shapes against the model's trainable parameters; a mismatch is
@@ -326,7 +330,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, recipe=None) -> dic
         raise CheckpointError(f"{path / 'optimizer.pt'} does not fit this run's optimizer "
                               f"({str(error).splitlines()[0]}): the trainable parts changed since it was saved") from None
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
-    restore_rng_state(rng)
+    ranks = rng.get("ranks", ())
+    restore_rng_state(ranks[rank] if 0 < rank < len(ranks) else rng)
     return json.loads((path / "trainer_state.json").read_text())
 
 

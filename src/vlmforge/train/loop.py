@@ -346,12 +346,13 @@ class Trainer:
 
     def _load(self, checkpoint: Path, load_checkpoint) -> dict:
         """Restore the run from `checkpoint` (every rank reads it); returns its trainer state."""
+        rank = self.accelerator.process_index
         if not self.fsdp:
-            return load_checkpoint(checkpoint, self.unwrapped_peft, self.optimizer, self.scheduler, self.recipe)
+            return load_checkpoint(checkpoint, self.unwrapped_peft, self.optimizer, self.scheduler, self.recipe, rank)
         from vlmforge.train.sharded_state import FullOptimizerState, FullState, scatter_full_state
 
         weights, optimizer_state = FullState.receiving(self.unwrapped_peft), FullOptimizerState()
-        state = load_checkpoint(checkpoint, weights, optimizer_state, self.scheduler, self.recipe)
+        state = load_checkpoint(checkpoint, weights, optimizer_state, self.scheduler, self.recipe, rank)
         scatter_full_state(self.unwrapped_peft, self.optimizer, weights.tensors, optimizer_state.state)
         return state
 
@@ -364,18 +365,32 @@ class Trainer:
         weights, optimizer_state = gather_full_state(self.unwrapped_peft, self.optimizer)  # every rank takes part
         return FullState(weights), FullOptimizerState(optimizer_state)
 
+    def _rng_states(self) -> list | None:
+        """Every process's RNG state, in rank order, when several train: each draws its own dropout
+        masks (its micro-batches differ in shape), so each must continue from its own state."""
+        if self.accelerator.num_processes == 1:
+            return None
+        import torch.distributed as dist
+
+        from vlmforge.train.checkpoint import rng_state
+
+        states = [None] * self.accelerator.num_processes
+        dist.all_gather_object(states, rng_state())
+        return states
+
     def _save(self, step: int, state: dict, history: list) -> None:
         from vlmforge.train.checkpoint import save_checkpoint
 
         self.accelerator.wait_for_everyone()
         model, optimizer = self._full_state()
+        rng_states = self._rng_states()
         if self.is_main:
             import yaml
 
             recipe_yaml = yaml.safe_dump(to_dict(self.recipe), sort_keys=False, allow_unicode=True)
             trainer_state = {**state, "last_metrics": history[-1] if history else {}}
             save_checkpoint(self.output_dir, step, model, optimizer, self.scheduler, trainer_state,
-                            recipe_yaml, self.recipe.train.save_total_limit)
+                            recipe_yaml, self.recipe.train.save_total_limit, rng_states)
         self.accelerator.wait_for_everyone()
 
     def _finish(self, metrics_path: Path, plot_curves) -> Path | None:
