@@ -155,3 +155,27 @@ def test_dataset_token_lengths_read_image_headers_and_match_the_collator(vlm, tm
     assert len(set(exact[:3])) == 3  # three image sizes, three lengths
     fit = check_lengths_fit(dataset, processor.tokenizer, "<image>", tokens, max_length=100_000, lengths=lengths)
     assert fit.left_out == 0 and fit.longest == max(exact)
+
+
+def test_data_check_measures_each_image_by_its_size(vlm, tmp_path):
+    import json
+
+    from vlmforge.data.check import CheckOptions, check_files, format_check_report
+    from vlmforge.data.dataset import ConversationDataset
+    from vlmforge.model.build import save_vlm
+
+    model, processor = vlm
+    folder = save_vlm(model, processor, tmp_path / "vlm")
+    for name, size in {"wide.png": (300, 40), "small.png": (20, 12)}.items():
+        _image(size).save(tmp_path / name)
+    records = [{"messages": [{"role": "user", "content": "<image>\nWhat?"}, {"role": "assistant", "content": "A."}],
+                "images": [name]} for name in ("wide.png", "small.png")]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    collator = Collator(processor, 0, max_length=100_000)
+    dataset = ConversationDataset([path])
+    exact = sorted(int(collator([dataset[index]])["attention_mask"].sum()) for index in range(2))
+    report = check_files([path], CheckOptions(model_dir=folder, max_length=exact[1] - 1))
+    assert (report.lengths["min"], report.lengths["max"]) == tuple(exact)
+    assert report.over_max_length == 1
+    assert "tokens per record (by size per image)" in format_check_report(report)

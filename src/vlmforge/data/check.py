@@ -76,7 +76,7 @@ class _ModelView:
 
     tokenizer: object
     image_token: str
-    num_image_tokens: int
+    num_image_tokens: object  # an int (Llava), or a TiledImageTokens (Idefics3: per image size)
 
 
 def check_files(paths: Sequence[str | Path], options: CheckOptions | None = None) -> CheckReport:
@@ -87,7 +87,7 @@ def check_files(paths: Sequence[str | Path], options: CheckOptions | None = None
     require_files(paths)
     report = CheckReport(files=[str(path) for path in paths], model=_str_or_none(options.model_dir), max_length=options.max_length)
     model = _load_model_view(options.model_dir) if options.model_dir is not None else None
-    report.image_tokens_per_image = model.num_image_tokens if model else None
+    report.image_tokens_per_image = model.num_image_tokens if model and isinstance(model.num_image_tokens, int) else None
     image_users: dict[str, list[tuple[str, str, int]]] = defaultdict(list)  # image -> (source, file, line)
     lengths: list[int] = []
     for path in paths:
@@ -114,7 +114,7 @@ def _check_file(path: Path, options: CheckOptions, model: _ModelView | None, rep
             image_users[str(resolve_image_path(image, roots))].append((source, str(path), line))
         if not problems:  # a valid record: its length is measured even when its text is suspicious
             problems = _control_text(record, model)
-            problems += _check_length(record, model, options.max_length, lengths, report) if model is not None else []
+            problems += _check_length(record, model, options.max_length, lengths, report, roots) if model is not None else []
         problems = [problem.at(path, line) for problem in problems]
         stats.problems += len(problems)
         report.problems += problems
@@ -160,11 +160,14 @@ def _count_record(record: dict, stats: SourceStats) -> None:
     stats.turns += sum(isinstance(message, dict) and message.get("role") == "assistant" for message in messages)
 
 
-def _check_length(record: dict, model: _ModelView, max_length: int | None, lengths: list[int], report: CheckReport) -> list[Problem]:
+def _check_length(record: dict, model: _ModelView, max_length: int | None, lengths: list[int], report: CheckReport,
+                  roots=()) -> list[Problem]:
+    from vlmforge.data.token_lengths import sample_image_tokens
     from vlmforge.data.tokenize import encode_conversation
 
-    try:
-        sample = encode_conversation(record["messages"], model.tokenizer, model.image_token, model.num_image_tokens, None)
+    try:  # Idefics3: each image's tokens from its size, read from the file header (sample_image_tokens)
+        image_tokens = sample_image_tokens(model.num_image_tokens, record, roots)
+        sample = encode_conversation(record["messages"], model.tokenizer, model.image_token, image_tokens, None)
     except DataError as error:
         return [Problem("template", str(error))]
     lengths.append(len(sample.input_ids))
@@ -200,7 +203,7 @@ def _check_images(image_users: dict, options: CheckOptions, report: CheckReport)
 def _load_model_view(model_dir: str | Path) -> _ModelView:
     from transformers import AutoProcessor
 
-    from vlmforge.data.tokenize import image_tokens_per_image
+    from vlmforge.data.image_tokens import image_tokens_for
 
     if not Path(model_dir).is_dir():
         raise ModelError(f"model folder not found: {model_dir}")
@@ -215,7 +218,7 @@ def _load_model_view(model_dir: str | Path) -> _ModelView:
         tokenizer.chat_template = getattr(processor, "chat_template", None)
     if tokenizer.chat_template is None:
         raise ModelError(f"{model_dir} has no chat template")
-    return _ModelView(tokenizer, processor.image_token, image_tokens_per_image(processor))
+    return _ModelView(tokenizer, processor.image_token, image_tokens_for(processor))  # an int, or per image size
 
 
 def _distribution(lengths: list[int]) -> dict | None:
@@ -247,7 +250,8 @@ def format_check_report(report: CheckReport, max_problems: int = 30) -> str:
         lines.append(f"{name:<24} {stats.records:>8} {stats.images:>8} {stats.text_only:>9} {stats.turns:>8} {stats.problems:>8}")
     if report.lengths:
         spread = ", ".join(f"{key} {value}" for key, value in report.lengths.items())
-        lines.append(f"tokens per record ({report.image_tokens_per_image} per image): {spread}")
+        per_image = report.image_tokens_per_image if report.image_tokens_per_image is not None else "by size"
+        lines.append(f"tokens per record ({per_image} per image): {spread}")
     if report.max_length is not None:
         from vlmforge.data.token_lengths import too_long_message
 
