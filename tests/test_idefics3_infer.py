@@ -116,3 +116,24 @@ def test_openai_server_answers_like_generate(tiny, lively_dir):
     expected = generate(*tiny, [_ask("What is it?")], [[load_image(buffer.getvalue())]], GREEDY)[0]
     assert answer.choices[0].message.content == expected.text == streamed
     assert answer.usage.prompt_tokens == expected.prompt_tokens
+
+
+def test_cli_eval_and_held_out_loss(lively_dir, tiny, tmp_path, capsys):
+    import json
+
+    from train_helpers import write_colour_dataset
+
+    from vlmforge.eval.during_training import held_out_loss
+
+    colours = write_colour_dataset(tmp_path / "colours", count=4, with_text_only=False)
+    out = tmp_path / "eval"
+    assert main(["eval", str(lively_dir), "--data", str(colours), "--out", str(out), "--max-new-tokens", "3",
+                 "--batch-size", "4", "--no-java-metrics"]) == 0
+    assert "vqa: 4 examples" in capsys.readouterr().out
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 4
+    assert json.loads((out / "metrics.json").read_text())["num_examples"] == 4
+    from vlmforge.data.dataset import ConversationDataset
+
+    dataset = ConversationDataset([colours])
+    loss = held_out_loss(*tiny, [dataset[index] for index in range(4)], 2, 512)  # eval during training
+    assert loss is not None and loss > 0
