@@ -100,3 +100,30 @@ def test_align_trains_the_connector_only(idefics3_dir, data, tmp_path):
                          save_steps=2, log_steps=1))
     trainable = load_file(tmp_path / "run" / "checkpoint-latest" / "trainable.safetensors")
     assert trainable and all(name.startswith("model.connector.") for name in trainable)
+
+
+@pytest.mark.slow
+def test_cli_flow_build_align_instruct_export_native_load_chat(tiny_parts, data, tmp_path, capsys):
+    """The whole user flow of --arch idefics3 through the CLI, as the README shows it."""
+    from vlmforge.cli import main
+
+    model = tmp_path / "vlm"
+    assert main(["build", "--vision", str(tiny_parts["siglip"]), "--llm", str(tiny_parts["llama"]), "--out", str(model),
+                 "--arch", "idefics3", "--pixel-shuffle", "2", "--tile-size", "32"]) == 0
+    common = ["--data.paths", str(data), "--train.max-steps", "2", "--train.batch_size", "2", "--train.grad_accum", "1",
+              "--train.save_steps", "2", "--train.device", "cpu", "--train.precision", "fp32"]
+    assert main(["train", "align", "--model.path", str(model), "--train.output_dir", str(tmp_path / "align"), *common]) == 0
+    aligned = tmp_path / "align" / "final"
+    assert (aligned / "config.json").exists()
+    sft = tmp_path / "sft"
+    assert main(["train", "instruct-lora", "--model.path", str(aligned), "--train.output_dir", str(sft), *common,
+                 "--no-train.export"]) == 0
+    assert main(["export", str(sft / "checkpoint-latest"), "--out", str(tmp_path / "merged")]) == 0
+    from transformers import AutoModelForImageTextToText
+
+    native = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
+    assert type(native).__name__ == "Idefics3ForConditionalGeneration"
+    Image.new("RGB", (100, 40), COLOURS["blue"]).save(tmp_path / "wide.png")
+    capsys.readouterr()
+    assert main(["chat", str(tmp_path / "merged"), "--image", str(tmp_path / "wide.png"), "--prompt", "What colour?",
+                 "--max-new-tokens", "3"]) == 0
