@@ -9,8 +9,12 @@ from vlmforge.train.recipe import Recipe
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220), "yellow": (230, 220, 40)}
 
 
-def write_colour_dataset(folder, count=24, with_text_only=True):
-    """`count` records 'What colour is this?' → colour name, plus text-only ones; returns the JSONL path."""
+def write_colour_dataset(folder, count=24, with_text_only=True, varied_lengths=False):
+    """`count` records 'What colour is this?' → colour name, plus text-only ones; returns the JSONL path.
+
+    `varied_lengths`: the answer repeats the name 1-7 times, so samples next to each other in a
+    length-sorted batch differ in length (processes then get tensors of different sizes).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     names = list(COLOURS)
     lines = []
@@ -19,7 +23,8 @@ def write_colour_dataset(folder, count=24, with_text_only=True):
         Image.new("RGB", (32, 32), COLOURS[name]).save(folder / f"{index}.png")
         question = "What colour is this?" if index % 3 else "Describe the colour of this picture in a word."
         lines.append({"id": f"c{index}", "images": [f"{index}.png"], "messages": [
-            {"role": "user", "content": f"<image>\n{question}"}, {"role": "assistant", "content": name}]})
+            {"role": "user", "content": f"<image>\n{question}"},
+            {"role": "assistant", "content": " ".join([name] * (1 + index % 7 if varied_lengths else 1))}]})
         if with_text_only and index % 4 == 0:
             lines.append({"id": f"t{index}", "messages": [
                 {"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello there!"}]})
