@@ -67,6 +67,29 @@ def _launch(script: Path, *args, processes: int = 2) -> subprocess.CompletedProc
                           text=True, timeout=600)
 
 
+def test_sharding_behind_accelerate_is_refused_and_fsdp_needs_two_processes():
+    """accelerate's FSDP plugin and DeepSpeed ZeRO-3 would write checkpoints of shards: refused in one line."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from vlmforge.errors import ConfigError
+    from vlmforge.train.sharded_state import use_fsdp
+
+    def launch(kind, processes=2, zero_stage=2):
+        return SimpleNamespace(distributed_type=kind, num_processes=processes,
+                               state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=zero_stage)))
+
+    with pytest.raises(ConfigError, match="accelerate FSDP.*--train.strategy fsdp"):
+        use_fsdp(launch(DistributedType.FSDP), "auto")
+    with pytest.raises(ConfigError, match="DeepSpeed ZeRO-3"):
+        use_fsdp(launch(DistributedType.DEEPSPEED, zero_stage=3), "auto")
+    assert not use_fsdp(launch(DistributedType.DEEPSPEED), "auto")  # ZeRO-2 keeps whole parameters
+    assert use_fsdp(launch(DistributedType.MULTI_CPU), "fsdp") and use_fsdp(launch(DistributedType.MULTI_GPU), "fsdp")
+    assert not use_fsdp(launch(DistributedType.NO, processes=1), "fsdp")
+    assert not use_fsdp(launch(DistributedType.MULTI_GPU), "auto")
+
+
 def test_each_rank_restores_its_own_rng_state(tmp_path):
     """rng.pt of a multi-process run: rank 0's state at the top (as one process writes it), every rank's under 'ranks'."""
     from vlmforge.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
