@@ -29,6 +29,10 @@ def _rows(report: dict) -> list[tuple[str, str, str, str]]:
                                ("median step (s)", "median_step_s", 3)):
         rows.append((label, _number(ours[key], digits), _number(theirs.get(key), digits),
                      _ratio(ours[key], theirs.get(key), key != "median_step_s")))
+    if report["machine"]["device"] == "cpu":
+        rows.append(("real tokens per CPU-s", _number(ours.get("real_tokens_per_cpu_s"), 0),
+                     _number(theirs.get("real_tokens_per_cpu_s"), 0),
+                     _ratio(ours.get("real_tokens_per_cpu_s"), theirs.get("real_tokens_per_cpu_s"))))
     rows.append(("FLOPs/step needed", _number(ours["flops_per_step"], 1), _number(theirs.get("flops_per_step"), 1), ""))
     rows.append(("FLOPs/step executed", _number(ours["executed_flops_per_step"], 1),
                  _number(theirs.get("executed_flops_per_step"), 1),
@@ -44,8 +48,9 @@ def _rows(report: dict) -> list[tuple[str, str, str, str]]:
 
         rows.append(("vlmforge with one lever off", "real tokens/s", "pad fraction", "ratio"))
         for lever, row in breakdown.items():
+            cpu = f" (CPU-time {row['cpu_time_gain']:.2f}×)" if row.get("cpu_time_gain") else ""
             rows.append((LEVER_LABELS.get(lever, lever) + (f" ({row['precision']})" if lever == "precision" else ""),
-                         _number(row["real_tokens_per_s"], 0), _percent(row["pad_fraction"]), f"{row['gain']:.2f}×"))
+                         _number(row["real_tokens_per_s"], 0), _percent(row["pad_fraction"]), f"{row['gain']:.2f}×{cpu}"))
     inference = report.get("inference")
     if inference:
         rows.append((f"generation ({inference['dtype']})", "vlmforge", "plain generate", "ratio"))
@@ -83,5 +88,7 @@ def format_report(report: dict) -> str:
         lines.append("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths))))
     training = report["training"]
     speedup = "-" if training["speedup"] is None else f"{training['speedup']:.2f}×"
-    tail = f"\ntraining speedup (real tokens/s): {speedup}; vlmforge MFU {_percent(training['mfu'])}, padding {_percent(training['pad_fraction'])}"
+    cpu = f" (per CPU-second: {training['cpu_time_speedup']:.2f}×)" if training.get("cpu_time_speedup") else ""
+    tail = (f"\ntraining speedup (real tokens/s): {speedup}{cpu}; vlmforge MFU {_percent(training['mfu'])}, "
+            f"padding {_percent(training['pad_fraction'])}")
     return "\n".join(head + lines) + tail

@@ -155,7 +155,7 @@ def _run(config: BenchConfig, device, folder: Path, options: Options) -> dict:
     from vlmforge.bench.synthetic_data import write_bench_dataset
 
     report = {"config": config.name, "steps": config.steps, "baseline": options.baseline, "machine": machine_info(device)}
-    started = time.perf_counter()
+    started = _now()
     bar = options.progress("set-up (ceiling, data, model)", 3)
     gemm_before = measure_gemm(device, config.gemm_size)
     bar.update()
@@ -166,9 +166,11 @@ def _run(config: BenchConfig, device, folder: Path, options: Options) -> dict:
     bar.update()
     bar.close()
     bench = _Bench(config, device, folder, data_path, model_dir, options)
-    bench.seconds["set-up"] = time.perf_counter() - started
+    bench.seconds["set-up"] = _since(started)
     vlmforge_run, baseline_run, report["inference"], lever_runs = bench.run()
-    report["phase_seconds"] = {phase: round(seconds, 1) for phase, seconds in bench.seconds.items()}
+    report["phase_seconds"] = {phase: round(wall, 1) for phase, (wall, _) in bench.seconds.items()}
+    # this process's CPU time: with --threads 1 about the wall time an idle machine would take
+    report["phase_cpu_seconds"] = {phase: round(cpu, 1) for phase, (_, cpu) in bench.seconds.items()}
     report["gemm"] = best_gemm(gemm_before, measure_gemm(device, config.gemm_size))
     report["machine"]["load_average_end"] = load_average()
     report["training"] = training_report(vlmforge_run, baseline_run, report["gemm"])
@@ -186,7 +188,10 @@ def training_report(vlmforge_run, baseline_run, gemm: dict) -> dict:
     ours = vlmforge_run.summary(_ceiling(gemm, vlmforge_run.precision))
     theirs = baseline_run.summary(_ceiling(gemm, baseline_run.precision))
     speedup = ours["real_tokens_per_s"] / theirs["real_tokens_per_s"] if "error" not in theirs else None
-    return {"vlmforge": ours, "baseline": theirs, "speedup": speedup, "pad_fraction": ours["pad_fraction"],
+    cpu_speedup = (ours["real_tokens_per_cpu_s"] / theirs["real_tokens_per_cpu_s"]
+                   if "error" not in theirs and ours["real_tokens_per_cpu_s"] and theirs["real_tokens_per_cpu_s"] else None)
+    return {"vlmforge": ours, "baseline": theirs, "speedup": speedup, "cpu_time_speedup": cpu_speedup,
+            "pad_fraction": ours["pad_fraction"],
             "mfu": ours["mfu"], "flops_per_step": ours["flops_per_step"],
             "step1_loss": {"vlmforge": ours.get("step1_loss"), "baseline": theirs.get("step1_loss")},
             "trainable_params": {"vlmforge": ours.get("trainable_params"), "baseline": theirs.get("trainable_params")}}
@@ -194,13 +199,16 @@ def training_report(vlmforge_run, baseline_run, gemm: dict) -> dict:
 
 def breakdown_report(vlmforge_run, lever_runs: dict, gemm: dict) -> dict:
     """Per lever: vlmforge's real tokens/s with that lever switched off, and what the lever is worth (all on ÷ off)."""
-    ours = vlmforge_run.summary(_ceiling(gemm, vlmforge_run.precision))["real_tokens_per_s"]
+    ours = vlmforge_run.summary(_ceiling(gemm, vlmforge_run.precision))
     rows = {}
     for lever, run in lever_runs.items():
         summary = run.summary(_ceiling(gemm, run.precision))
-        rows[lever] = {"real_tokens_per_s": summary["real_tokens_per_s"], "pad_fraction": summary["pad_fraction"],
-                       "precision": summary["precision"], "peak_memory_mb": summary["peak_memory_mb"],
-                       "gain": ours / summary["real_tokens_per_s"]}
+        per_cpu = summary["real_tokens_per_cpu_s"]
+        rows[lever] = {"real_tokens_per_s": summary["real_tokens_per_s"], "real_tokens_per_cpu_s": per_cpu,
+                       "pad_fraction": summary["pad_fraction"], "precision": summary["precision"],
+                       "peak_memory_mb": summary["peak_memory_mb"],
+                       "gain": ours["real_tokens_per_s"] / summary["real_tokens_per_s"],
+                       "cpu_time_gain": ours["real_tokens_per_cpu_s"] / per_cpu if per_cpu and ours["real_tokens_per_cpu_s"] else None}
     return rows
 
 
@@ -210,13 +218,15 @@ class _Bench:
     def __init__(self, config: BenchConfig, device, folder: Path, data_path: Path, model_dir: Path, options: Options):
         self.config, self.device, self.folder = config, device, folder
         self.data_path, self.model_dir, self.options = data_path, model_dir, options
-        self.seconds: dict[str, float] = {}  # wall time per phase (the report's phase_seconds)
+        self.seconds: dict[str, tuple[float, float]] = {}  # (wall, CPU) seconds per phase
 
     def run(self):
         """(vlmforge TrainingRun, baseline TrainingRun, inference report or None, {lever: TrainingRun})."""
-        started = time.perf_counter()
+        started = _now()
         result = self._run()
-        self.seconds["training"] = time.perf_counter() - started - self.seconds.get("generation", 0.0)
+        wall, cpu = _since(started)
+        generation = self.seconds.get("generation", (0.0, 0.0))
+        self.seconds["training"] = (wall - generation[0], cpu - generation[1])
         return result
 
     def _run(self):
@@ -346,7 +356,7 @@ class _Bench:
             vlmforge_side.trainer = trainer = None
             _free(self.device)
             return None
-        started = time.perf_counter()
+        started = _now()
         bar = self.options.progress("generation: export, then both paths", 2)
         if self.config.needs_cuda:  # no round trip through the disk for 7B: merge in memory
             import torch
@@ -364,8 +374,18 @@ class _Bench:
                                    self.config.max_new_tokens)
         bar.update()
         bar.close()
-        self.seconds["generation"] = time.perf_counter() - started
+        self.seconds["generation"] = _since(started)
         return result
+
+
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(started: tuple[float, float]) -> tuple[float, float]:
+    """(wall, CPU) seconds since `started` (from `_now`)."""
+    wall, cpu = _now()
+    return wall - started[0], cpu - started[1]
 
 
 def _free(device) -> None:

@@ -26,6 +26,7 @@ class TrainingRun:
     logits_on_all: bool = False  # the baseline's `labels=` loss computes every position's logits
     step_seconds: list[float] = field(default_factory=list)
     data_seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # this process's CPU time per step (all its threads)
     losses: list[float] = field(default_factory=list)
     real_tokens: int = 0
     padded_tokens: int = 0
@@ -40,13 +41,14 @@ class TrainingRun:
     step_peak_bytes: int = 0  # what the longest batch's step added on top
     error: str = ""
 
-    def add_step(self, micro_batches: list, seconds: float, data_seconds: float, loss: float) -> None:
+    def add_step(self, micro_batches: list, seconds: float, data_seconds: float, loss: float, cpu_seconds: float = 0.0) -> None:
         real = batch_step_tokens(micro_batches)
         padded = batch_step_tokens(micro_batches, padded=True)
         needed = training_flops(self.shape, real)
         executed = training_flops(self.shape, padded, self.vision_trained, self.logits_on_all)
         self.step_seconds.append(seconds)
         self.data_seconds.append(data_seconds)
+        self.cpu_seconds.append(cpu_seconds)
         self.losses.append(loss)
         self.real_tokens += sum(real.lengths)
         self.padded_tokens += sum(padded.lengths)
@@ -76,6 +78,9 @@ class TrainingRun:
             "samples": self.samples, "seconds": round(seconds, 4),
             "median_step_s": round(statistics.median(self.step_seconds), 4) if self.step_seconds else None,
             "data_s_per_step": round(sum(self.data_seconds) / steps, 4),
+            "cpu_s_per_step": round(sum(self.cpu_seconds) / steps, 4),
+            # tokens per CPU-second: with --threads 1, what an idle core gives; other work on the machine barely moves it
+            "real_tokens_per_cpu_s": self.real_tokens / sum(self.cpu_seconds) if sum(self.cpu_seconds) else None,
             "real_tokens_per_s": self.real_tokens / seconds, "samples_per_s": self.samples / seconds,
             "pad_fraction": self.pad_fraction, "flops_per_step": self.model_flops / steps,
             "executed_flops_per_step": self.executed_flops / steps, "six_n_t_per_step": self.six_n_t / steps,
@@ -113,12 +118,13 @@ class TrainingSide:
 def timed_step(side: TrainingSide) -> None:
     """Run one step of `side` and record its time (data loading included), tokens and FLOPs."""
     synchronize(side.device)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     micro_batches = side.load()
     loaded = time.perf_counter()
     loss = side.step(micro_batches)
     synchronize(side.device)
-    side.run.add_step(micro_batches, time.perf_counter() - started, loaded - started, loss)
+    side.run.add_step(micro_batches, time.perf_counter() - started, loaded - started, loss,
+                      time.process_time() - cpu_started)
 
 
 def warmup_with_memory(side: TrainingSide) -> None:
