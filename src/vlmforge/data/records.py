@@ -13,7 +13,6 @@ See docs/data.md for the full description.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.errors import DataError
+from vlmforge.utils.atomic import atomic_text_file
 
 ROLES = ("system", "user", "assistant")
 
@@ -271,17 +271,13 @@ def write_records(path: str | Path, records: Iterable[dict]) -> int:
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path} is a folder; name the output file (e.g. {path / 'data.jsonl'})")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     count = 0
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+        with atomic_text_file(path, newline="\n") as handle:
             for record in records:
                 handle.write(dumps_record(record) + "\n")
                 count += 1
-        os.replace(tmp, path)
     except OSError as error:
         raise DataError(f"cannot write {path}: {error.strerror or error}") from error
-    finally:
-        tmp.unlink(missing_ok=True)
     return count

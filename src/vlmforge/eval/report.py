@@ -8,8 +8,9 @@ blank-image gap (normal − blank, per metric) to a report.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from vlmforge.utils.atomic import atomic_write_text
 
 REPORT_EXAMPLES = 5
 _SHOWN_REFERENCES = 3
@@ -22,8 +23,8 @@ def write_report(result: dict, out_dir: str | Path, num_examples: int = REPORT_E
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {key: value for key, value in result.items() if key != "per_example"}
-    metrics_path = _write_text(out_dir / f"metrics{suffix}.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    report_path = _write_text(out_dir / f"report{suffix}.md", markdown_report(result, num_examples))
+    metrics_path = atomic_write_text(out_dir / f"metrics{suffix}.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    report_path = atomic_write_text(out_dir / f"report{suffix}.md", markdown_report(result, num_examples))
     return metrics_path, report_path
 
 
@@ -39,15 +40,7 @@ def write_gap_section(report_path: Path, gap: dict[str, float]) -> None:
     rows = [f"| {name} | {value:+.4f} |" for name, value in gap.items()]
     section = [GAP_HEADING, "", "Normal run minus the run with blank images (`metrics.json` − `metrics_blank.json`): "
                "how much each metric owes to the image.", "", "| metric | gap |", "|---|---|", *rows]
-    _write_text(report_path, text + "\n\n" + "\n".join(section) + "\n")
-
-
-def _write_text(path: Path, text: str) -> Path:
-    """Write through a temporary file and a rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    atomic_write_text(report_path, text + "\n\n" + "\n".join(section) + "\n")
 
 
 def summary_lines(result: dict) -> list[str]:

@@ -61,16 +61,28 @@ def _fsync_directory(folder: Path) -> None:
         os.close(descriptor)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file through a temporary file and a rename."""
+@contextmanager
+def atomic_text_file(path: str | Path, newline: str | None = None):
+    """Yield a UTF-8 text handle on a temporary sibling; on success it replaces `path`, on error it goes.
+
+    For writers that stream (a JSONL file of many records): a reader sees the old file or the whole
+    new one, never half of it.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8", newline=newline) as handle:
+            yield handle
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a text file through a temporary file and a rename; returns `path`."""
+    with atomic_text_file(path) as handle:
+        handle.write(text)
+    return Path(path)
 
 
 def remove_directory(folder: str | Path) -> None:
