@@ -312,18 +312,12 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, recipe=None, rank: 
     given), then tensor names and shapes against the model's trainable parameters; a mismatch is
     one line naming the difference, never torch's size error.
     """
-    import torch
-
     if recipe is not None:
         check_recipe_compatible(path, recipe)
-    weights = read_trainable_weights(path)
-    parameters = dict(model.named_parameters())
-    check_tensors(path, weights, parameters)
+    weights = checked_trainable_weights(path, model)
     optimizer_state = _torch_load(path / "optimizer.pt")
     rng = _torch_load(path / "rng.pt")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            parameters[name].copy_(tensor)
+    copy_weights(weights)
     try:
         optimizer.load_state_dict(optimizer_state)
     except (ValueError, KeyError, RuntimeError) as error:
@@ -409,6 +403,24 @@ def _check_same_model(path: Path, then, now) -> None:
     if (old / "config.json").read_bytes() != (new / "config.json").read_bytes():
         raise CheckpointError(f"{path.name} was trained from model.path {then}, this run loads {now} (a different "
                               "model): resume with the same model.path, or start a new run")
+
+
+def checked_trainable_weights(path: Path, model) -> list[tuple]:
+    """(parameter, saved tensor) pairs of a checkpoint's trainable weights, names and shapes checked
+    against `model`; nothing is changed yet. The one checkpoint reader of resume and export."""
+    weights = read_trainable_weights(path)
+    parameters = dict(model.named_parameters())
+    check_tensors(path, weights, parameters)
+    return [(parameters[name], tensor) for name, tensor in weights.items()]
+
+
+def copy_weights(pairs: list[tuple]) -> None:
+    """Copy each saved tensor into its parameter (from `checked_trainable_weights`)."""
+    import torch
+
+    with torch.no_grad():
+        for parameter, tensor in pairs:
+            parameter.copy_(tensor)
 
 
 def read_trainable_weights(path: Path) -> dict:

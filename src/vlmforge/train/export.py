@@ -43,7 +43,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     import torch
 
     from vlmforge.config import from_dict
-    from vlmforge.train.checkpoint import check_tensors, read_trainable_weights, verify_for_export
+    from vlmforge.train.checkpoint import checked_trainable_weights, copy_weights, verify_for_export
     from vlmforge.train.loop import load_model_for_training
     from vlmforge.train.recipe import Recipe
 
@@ -57,9 +57,5 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
 
     recipe = from_dict(Recipe, yaml.safe_load((checkpoint / "recipe.yaml").read_text(encoding="utf-8")))
     model, processor = load_model_for_training(recipe, torch.device("cpu"))
-    parameters, weights = dict(model.named_parameters()), read_trainable_weights(checkpoint)
-    check_tensors(checkpoint, weights, parameters)  # names and shapes: one line, not torch's size error
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            parameters[name].copy_(tensor)
+    copy_weights(checked_trainable_weights(checkpoint, model))  # names and shapes: one line, not torch's size error
     return export_model(model, processor, out, dtype=_saved_dtype(recipe.model.path))
