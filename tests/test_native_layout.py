@@ -119,9 +119,13 @@ def test_processor_chat_template_and_generation_config_travel_with_the_folder(ti
     assert json.loads((tiny_vlm_dir / "preprocessor_config.json").read_text())["size"] == {"height": 32, "width": 32}
     template = json.loads((tiny_vlm_dir / "chat_template.json").read_text())["chat_template"]
     assert template == (tiny_vlm_dir / "chat_template.jinja").read_text()
-    assert json.loads((tiny_vlm_dir / "tokenizer_config.json").read_text())["tokenizer_class"] != "TokenizersBackend"
+    tokenizer_config = json.loads((tiny_vlm_dir / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] != "TokenizersBackend"
+    assert "<image>" in tokenizer_config["additional_special_tokens"] and "extra_special_tokens" not in tokenizer_config
     processor = AutoProcessor.from_pretrained(tiny_vlm_dir)
     assert processor.chat_template == template and processor.image_processor.size.height == 32
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert processor.tokenizer.decode([image_id, image_id], skip_special_tokens=True) == ""  # still special
 
 
 def test_pipeline_apply_chat_template_and_vlmforge_build_the_same_prompt_ids(lively_vlm_dir):

@@ -229,16 +229,18 @@ def save_processor(processor, folder: Path) -> None:
     """The processor as the published Llava folders hold it, which transformers 4.x reads too.
 
     transformers 5 nests the image processor in `processor_config.json`, keeps the chat template in
-    `chat_template.jinja` only and names a plain fast tokenizer `TokenizersBackend`; transformers 4.x
-    looks for `preprocessor_config.json` and `chat_template.json`, refuses a nested image processor
-    and knows that tokenizer as `PreTrainedTokenizerFast` (a name 5.x still reads). Both read this.
+    `chat_template.jinja` only, names a plain fast tokenizer `TokenizersBackend` and lists added
+    special tokens as `extra_special_tokens`; transformers 4.x looks for `preprocessor_config.json`
+    and `chat_template.json`, refuses a nested image processor, knows that tokenizer as
+    `PreTrainedTokenizerFast` and those tokens as `additional_special_tokens` (4.57 fails on a list
+    under the other name). 5.x reads the 4.x names too, so both read this layout.
     """
     import json
 
     processor.save_pretrained(folder)
     processor.image_processor.save_pretrained(folder)  # preprocessor_config.json
     _edit_json(folder / "processor_config.json", lambda config: config.pop("image_processor", None))
-    _edit_json(folder / "tokenizer_config.json", _portable_tokenizer_class)
+    _edit_json(folder / "tokenizer_config.json", _portable_tokenizer_config)
     if isinstance(processor.chat_template, str):
         template = json.dumps({"chat_template": processor.chat_template}, indent=2, ensure_ascii=False)
         (folder / "chat_template.json").write_text(template + "\n", encoding="utf-8")
@@ -254,9 +256,13 @@ def _edit_json(path: Path, edit) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _portable_tokenizer_class(config: dict) -> None:
+def _portable_tokenizer_config(config: dict) -> None:
     if config.get("tokenizer_class") == "TokenizersBackend":
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(config.get("extra_special_tokens"), list):
+        extra = config.pop("extra_special_tokens")
+        config["additional_special_tokens"] = config.get("additional_special_tokens", []) + [
+            token for token in extra if token not in config.get("additional_special_tokens", [])]
 
 
 @contextmanager
