@@ -143,7 +143,9 @@ class TrlSide(TrainingSide):
                                   train_dataset=self.dataset.select(indices), processing_class=processor,
                                   peft_config=lora)
         self._prepare()
-        self.warmup_batch = self.trainer.data_collator([self.dataset[i] for i in warmup_indices])
+        size, collate = settings.batch_size, self.trainer.data_collator
+        self.warmup_batches = [collate([self.dataset[i] for i in warmup_indices[start:start + size]])
+                               for start in range(0, len(warmup_indices), size)]
         self.run = TrainingRun("trl", "bf16" if settings.bf16 else "fp32",
                                ModelShape.from_llava_config(config, settings.lora_rank),
                                logits_on_all=device.type != "cuda")  # TRL's fused head scores only trained positions with Triton
@@ -170,8 +172,9 @@ class TrlSide(TrainingSide):
         self.model.train()
 
     def warmup(self) -> float:
-        self.num_items = int((self.warmup_batch["labels"][:, 1:] != -100).sum())  # as `get_batch_samples` counts
-        return self.step([self.warmup_batch])
+        # the trained tokens of the whole step, as `get_batch_samples` counts them
+        self.num_items = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in self.warmup_batches)
+        return self.step(self.warmup_batches)
 
     def load(self) -> list:
         """The collator runs here (TRL tokenises and processes images per batch): timed with the step."""
