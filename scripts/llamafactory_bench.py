@@ -40,10 +40,7 @@ def lf_records(folder: Path, settings: dict) -> list[dict]:
     rows = []
     for index in warmup + rest:
         record = records[index]
-        row = {"messages": record["messages"]}
-        if record.get("images"):
-            row["images"] = [str(root / path) for path in record["images"]]
-        rows.append(row)
+        rows.append({"messages": record["messages"], "images": [str(root / path) for path in record.get("images", [])]})
     return rows
 
 

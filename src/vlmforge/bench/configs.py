@@ -81,7 +81,8 @@ CONFIGS: dict[str, BenchConfig] = {
         name="small",
         vision=VisionShape(image_size=224, patch_size=16, hidden_size=128, layers=4, heads=4, intermediate_size=512),
         llm=LanguageShape(hidden_size=384, layers=6, heads=6, kv_heads=2, intermediate_size=1024, vocab_size=32000),
-        batch_size=8, grad_accum=1, steps=5, lora_rank=16, lora_alpha=32.0, text_scale=1.0, max_length=2048,
+        # 3 timed steps: with TRL's ~55 CPU-s steps the default run fits in ~5 minutes on 2 cores (docs/performance.md)
+        batch_size=8, grad_accum=1, steps=3, lora_rank=16, lora_alpha=32.0, text_scale=1.0, max_length=2048,
         gemm_size=2048, max_new_tokens=32, note="vision ~0.9M, LLM ~22M parameters (32K vocabulary); a 2-core CPU",
     ),
     "7b-lora": BenchConfig(
