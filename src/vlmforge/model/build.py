@@ -166,9 +166,10 @@ def build_vlm(cfg: BuildConfig):
     vlm = assemble_llava(vision.model, llm, llava_config)
     vlm.config.pad_token_id = tokenizer.pad_token_id
     vlm.generation_config.pad_token_id = tokenizer.pad_token_id
-    vlm.generation_config.eos_token_id = _eos_ids(tokenizer, llm)
+    vlm.generation_config.eos_token_id = eos_ids(tokenizer, llm)
     processor = make_processor(vision, tokenizer, cfg)
-    check_forward(vlm.eval(), processor, vision.model_type)
+    check_forward(vlm.eval(), processor, f"a Llava model with the '{vision.model_type}' vision tower",
+                  planned_tokens=llava_config.image_seq_length)
     log.info(
         "built %s + %s: %d image tokens per image, projector %s, %s",
         vision.model_type, llm_config.model_type, llava_config.image_seq_length, cfg.projector, dtype,
@@ -176,11 +177,12 @@ def build_vlm(cfg: BuildConfig):
     return vlm, processor
 
 
-def check_forward(vlm, processor, tower_type: str) -> None:
+def check_forward(vlm, processor, what: str, image_size=(64, 48), planned_tokens: int | None = None) -> None:
     """One forward of the composed model on a blank image with a templated prompt; `ModelError` if it fails.
 
-    The image-token count the processor writes must equal the config's `image_seq_length` (what
-    training plans with) and the features the tower + projector make (what the fusion checks).
+    `what` names the model in the error ("a Llava model with the 'vit' vision tower"). `planned_tokens`:
+    the image-token count training plans with (Llava's `image_seq_length`), which the processor must write
+    and the tower + projector must fill (what the fusion checks).
     """
     import torch
     from PIL import Image
@@ -188,21 +190,20 @@ def check_forward(vlm, processor, tower_type: str) -> None:
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]
     try:
         text = processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = processor(text=text, images=[Image.new("RGB", (64, 48))], return_tensors="pt")
+        inputs = processor(text=text, images=[Image.new("RGB", image_size)], return_tensors="pt")
         tokens = int((inputs["input_ids"] == vlm.config.image_token_id).sum())
-        if tokens != vlm.config.image_seq_length:
-            raise ValueError(f"the processor writes {tokens} image tokens, the config plans {vlm.config.image_seq_length}")
+        if planned_tokens is not None and tokens != planned_tokens:
+            raise ValueError(f"the processor writes {tokens} image tokens, the config plans {planned_tokens}")
         inputs["pixel_values"] = inputs["pixel_values"].to(vlm.dtype)
         with torch.no_grad():
             logits = vlm(**inputs).logits  # (1, T, V)
     except Exception as error:  # whatever breaks here would break the saved folder's first use
-        raise ModelError(f"a Llava model with the '{tower_type}' vision tower cannot run: {first_line(error)}") from None
+        raise ModelError(f"{what} cannot run: {first_line(error)}") from None
     if tuple(logits.shape[:2]) != tuple(inputs["input_ids"].shape):
-        raise ModelError(f"a Llava model with the '{tower_type}' vision tower cannot run: logits {tuple(logits.shape)} "
-                         f"for input ids {tuple(inputs['input_ids'].shape)}")
+        raise ModelError(f"{what} cannot run: logits {tuple(logits.shape)} for input ids {tuple(inputs['input_ids'].shape)}")
 
 
-def _eos_ids(tokenizer, llm) -> list[int]:
+def eos_ids(tokenizer, llm) -> list[int]:
     """End-of-turn ids: the LLM's own generation eos plus the tokenizer's eos."""
     ids = getattr(llm.generation_config, "eos_token_id", None)
     ids = [ids] if isinstance(ids, int) else list(ids or [])

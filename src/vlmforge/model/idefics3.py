@@ -169,7 +169,7 @@ def assemble_idefics3(tower, llm, config):
 
 def build_idefics3(cfg, llm, tokenizer, vision: VisionPart):
     """Compose the Idefics3 VLM of `cfg` from a loaded LM + tokenizer and SigLIP tower; (model, processor)."""
-    from vlmforge.model.build import _eos_ids
+    from vlmforge.model.build import check_forward, eos_ids
 
     tile, tokens_per_tile = tile_geometry(vision, cfg.tile_size, cfg.pixel_shuffle)
     longest_edge = cfg.longest_edge or 2 * tile
@@ -186,31 +186,12 @@ def build_idefics3(cfg, llm, tokenizer, vision: VisionPart):
     config = make_idefics3_config(tower, llm.config, image_token_id, cfg.pixel_shuffle)
     vlm = assemble_idefics3(tower, llm, config)
     vlm.generation_config.pad_token_id = tokenizer.pad_token_id
-    vlm.generation_config.eos_token_id = _eos_ids(tokenizer, llm)
+    vlm.generation_config.eos_token_id = eos_ids(tokenizer, llm)
     processor = make_idefics3_processor(vision, tokenizer, tile, longest_edge, tokens_per_tile, cfg.images_after_text)
-    check_idefics3_forward(vlm.eval(), processor)
+    check_forward(vlm.eval(), processor, "the composed Idefics3 model", image_size=(96, 48))  # tiles + global view
     log.info("built idefics3: %s + %s, tiles of %d px (%d tokens each, pixel shuffle %d), longest edge %d",
              vision.model_type, llm.config.model_type, tile, tokens_per_tile, cfg.pixel_shuffle, longest_edge)
     return vlm, processor
-
-
-def check_idefics3_forward(vlm, processor) -> None:
-    """One forward on a wide blank image (tiles + global view) with a templated prompt; `ModelError` if it fails."""
-    import torch
-    from PIL import Image
-
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]
-    try:
-        text = processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = processor(text=text, images=[Image.new("RGB", (96, 48))], return_tensors="pt")
-        inputs["pixel_values"] = inputs["pixel_values"].to(vlm.dtype)
-        with torch.no_grad():
-            logits = vlm(**inputs).logits  # (1, T, V)
-    except Exception as error:  # whatever breaks here would break the saved folder's first use
-        raise ModelError(f"the composed Idefics3 model cannot run: {first_line(error)}") from None
-    if tuple(logits.shape[:2]) != tuple(inputs["input_ids"].shape):
-        raise ModelError(f"the composed Idefics3 model cannot run: logits {tuple(logits.shape)} "
-                         f"for input ids {tuple(inputs['input_ids'].shape)}")
 
 
 def image_token_summary(config, preprocessor: dict | None = None) -> str:
