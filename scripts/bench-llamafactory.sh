@@ -6,9 +6,9 @@
 #   STEPS=10 CONFIG=small scripts/bench-llamafactory.sh
 #   SETUP_ONLY=1 scripts/bench-llamafactory.sh    # only build .venv-llamafactory
 #
-# 1. .venv-llamafactory (gitignored): torch (the CPU build vlmforge is tested with), torchvision, and
-#    llamafactory 0.9.5 with its pinned libraries (torchaudio left out: it has no build for this torch
-#    and LLaMA-Factory only needs it for audio).
+# 1. .venv-llamafactory (gitignored): torch (the CPU build vlmforge is tested with) and
+#    llamafactory 0.9.5 with its pinned libraries (torchaudio and torchvision left out: no builds that load with this torch;
+#    image SFT does not need them; llamafactory_bench.py stubs the torchaudio import).
 # 2. `vlmforge bench --export-data` writes the model folder, the data and settings.json (batch, LoRA,
 #    learning rates, schedule, precision, and the rows vlmforge's steps train on, in order).
 # 3. scripts/llamafactory_bench.py runs LLaMA-Factory's own SFT (`run_exp`: its template, its collator,
@@ -27,13 +27,13 @@ PYTHON=${PYTHON:-python3}
 if [ ! -f "$LF_VENV/.installed" ]; then
   "$PYTHON" -m venv "$LF_VENV"
   "$LF_VENV/bin/python" -m pip install -q --upgrade pip
-  "$LF_VENV/bin/python" -m pip install -q torch==2.13.0 torchvision==0.28.0
+  "$LF_VENV/bin/python" -m pip install -q torch==2.13.0  # no torchvision: its PyPI build does not load with the CPU torch
   "$LF_VENV/bin/python" -m pip install -q --no-deps llamafactory==0.9.5
   # LLaMA-Factory 0.9.5's requirements, torchaudio and the web UI (gradio) left out
   "$LF_VENV/bin/python" -m pip install -q -c <(echo "torch==2.13.0") \
     "transformers>=4.55,<=5.6.0" "accelerate>=1.3,<=1.11.0" "datasets>=2.16,<=4.0.0" "peft>=0.18,<=0.18.1" \
     "trl>=0.18,<=0.24.0" "torchdata>=0.10,<=0.11.0" "tyro<0.9.0" einops fire omegaconf pandas protobuf pydantic \
-    pyyaml safetensors scipy sentencepiece tiktoken matplotlib packaging numpy pillow av fastapi uvicorn \
+    pyyaml safetensors scipy sentencepiece tiktoken matplotlib packaging numpy pillow "av>=10,<=16.0.0" fastapi uvicorn \
     sse-starlette modelscope
   touch "$LF_VENV/.installed"
 fi

@@ -84,7 +84,22 @@ class Counter:
         self.current, self.last_end = None, now
 
 
+def stub_torchaudio() -> None:
+    """LLaMA-Factory 0.9.5 imports torchaudio at start-up for its audio plugins; no torchaudio build exists for
+    this torch, and image SFT never calls it: an empty module stands in."""
+    import importlib.machinery
+    import types
+
+    try:
+        import torchaudio  # noqa: F401
+    except ImportError:
+        stub = types.ModuleType("torchaudio")
+        stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)  # transformers' availability check reads it
+        sys.modules["torchaudio"] = stub
+
+
 def run(folder: Path) -> dict:
+    stub_torchaudio()
     import transformers
     from transformers import Trainer, TrainerCallback
 
