@@ -153,7 +153,7 @@ def test_callback_loss_is_the_token_normalised_training_loss(tiny, colours, tmp_
     recipe = tiny_recipe("unused", colours, tmp_path / "run", max_steps=5)
     recipe.eval.data, recipe.eval.every, recipe.eval.max_new_tokens, recipe.eval.batch_size = str(colours), 2, 2, 4
     callback = make_eval_callback(recipe)
-    trainer = SimpleNamespace(is_main=True, unwrapped_peft=model, processor=processor, bf16=False)
+    trainer = SimpleNamespace(is_main=True, peft_model=model, processor=processor, bf16=False)
     model.train()
     assert callback(trainer, 1) is None and callback(SimpleNamespace(is_main=False), 2) == {}
     row = callback(trainer, 2)
@@ -176,7 +176,7 @@ def test_training_logs_eval_metrics_at_the_right_steps(tiny_vlm_dir, tmp_path):
     recipe = tiny_recipe(tiny_vlm_dir, train_data, tmp_path / "run", max_steps=5, log_steps=1, save_steps=100)
     recipe.eval.data, recipe.eval.every = str(held_out), 2
     recipe.eval.max_samples, recipe.eval.max_new_tokens, recipe.eval.batch_size = 3, 2, 4
-    mode_probe = lambda trainer, step: {"training_mode": trainer.unwrapped_peft.training}  # noqa: E731
+    mode_probe = lambda trainer, step: {"training_mode": trainer.peft_model.training}  # noqa: E731
     train(recipe, callbacks=[make_eval_callback(recipe), mode_probe])
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     evaluated = [row["step"] for row in rows if "eval_exact_match" in row]

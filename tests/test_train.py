@@ -141,9 +141,9 @@ def test_loader_leaves_the_global_generator_alone(tiny_vlm_dir, data, tmp_path):
     from vlmforge.train.loop import Trainer
 
     trainer = Trainer(shipped_recipe("instruct-lora", tiny_vlm_dir, data, tmp_path / "run", max_steps=2, batch_size=2))
-    trainer._setup()
+    trainer.setup()
     before = torch.get_rng_state()
-    next(iter(trainer._loader(0)))
+    next(iter(trainer.batches(0)))
     assert torch.equal(torch.get_rng_state(), before)
 
 

@@ -39,10 +39,10 @@ class LeverSide(VlmforgeSide):
         self.lever = lever
         self.run.name = f"without {lever}"
         if lever == "logits":
-            full_logits(self.trainer.unwrapped)
+            full_logits(self.trainer.base_model)
             self.run.logits_on_all = True
         if lever == "vision_autograd":
-            self.vision = [p for name, p in self.trainer.unwrapped.named_parameters() if "vision_tower" in name]
+            self.vision = [p for name, p in self.trainer.base_model.named_parameters() if "vision_tower" in name]
             for parameter in self.vision:
                 parameter.requires_grad_(True)
             self.run.vision_trained = True

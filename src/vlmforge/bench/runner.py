@@ -115,7 +115,7 @@ def export_bench(config_name: str, out_dir: str | Path, steps: int | None = None
     settings = {
         "config": config.name, "steps": config.steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
         "lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha, "lora_dropout": recipe.lora.dropout,
-        "lora_targets": sorted({name.rsplit(".", 1)[-1] for name, module in side.trainer.unwrapped.named_modules()
+        "lora_targets": sorted({name.rsplit(".", 1)[-1] for name, module in side.trainer.base_model.named_modules()
                                 if hasattr(module, "lora_A")}),
         "lr_projector": train.lr.projector,
         "lr_llm": train.lr.llm, "warmup_ratio": train.warmup_ratio, "max_grad_norm": train.max_grad_norm,
@@ -361,9 +361,9 @@ class _Bench:
         if self.config.needs_cuda:  # no round trip through the disk for 7B: merge in memory
             import torch
 
-            model, processor = trainer.unwrapped_peft.merge_and_unload().eval().to(torch.bfloat16), trainer.processor
+            model, processor = trainer.peft_model.merge_and_unload().eval().to(torch.bfloat16), trainer.processor
         else:
-            export_model(trainer.unwrapped_peft, trainer.processor, self.folder / "export")
+            export_model(trainer.peft_model, trainer.processor, self.folder / "export")
             model, processor = load(self.folder / "export", device=str(self.device))
         vlmforge_side.trainer = trainer = None
         _free(self.device)

@@ -3,8 +3,8 @@
 Nothing is re-implemented: a `Trainer` is set up from a recipe exactly as `vlmforge train` does
 (frozen vision under the LoRA wrapper, projector + LoRA trainable, length-grouped global batches
 from exact token lengths, bf16 autocast where the hardware has it, the token-sum loss computing
-the LM head only on trained positions), then its loader's steps go through `_step` +
-`_optimizer_step`, the calls `Trainer.run` makes.
+the LM head only on trained positions), then its `batches` go through `step` +
+`optimizer_step`, the public calls `Trainer.run` makes.
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ class VlmforgeSide(TrainingSide):
     def __init__(self, recipe: Recipe, base_model=None):
         from vlmforge.train.loop import Trainer
 
-        self.trainer = Trainer(recipe, base_model=base_model)
-        self.trainer._setup()
+        self.trainer = Trainer(recipe, loaded=base_model)
+        self.trainer.setup()
         self.device = self.trainer.accelerator.device
-        shape = ModelShape.from_llava_config(self.trainer.unwrapped.config, recipe.lora.rank, recipe.lora.target_modules)
+        shape = ModelShape.from_llava_config(self.trainer.base_model.config, recipe.lora.rank, recipe.lora.target_modules)
         self.run = TrainingRun("vlmforge", "bf16" if self.trainer.bf16 else "fp32", shape)
         self.run.trainable_params = sum(p.numel() for p in self.trainer.model.parameters() if p.requires_grad)
-        self.batches = iter(self.trainer._loader(0))
+        self.batches = iter(self.trainer.batches(0))
 
     def warmup(self) -> float:
         return self.step(self.trainer.step_batches[0])  # the plan puts the longest global batch first
@@ -58,8 +58,8 @@ class VlmforgeSide(TrainingSide):
         return next(self.batches)
 
     def step(self, micro_batches: list) -> float:
-        stats = self.trainer._step(micro_batches)
-        self.trainer._optimizer_step(stats)
+        stats = self.trainer.step(micro_batches)
+        self.trainer.optimizer_step(stats)
         return stats["loss"]
 
     def resident_bytes(self) -> int:

@@ -57,7 +57,7 @@ class EvalCallback:
             return None
         if not trainer.is_main:
             return {}
-        model = trainer.unwrapped_peft
+        model = trainer.peft_model
         was_training = model.training
         model.eval()
         try:

@@ -87,11 +87,17 @@ def load_model_for_training(recipe: Recipe, device, loaded=None):
 
 
 class Trainer:
-    """Holds the run's state; `run()` trains to `max_steps` and returns a `TrainResult`."""
+    """Holds the run's state; `run()` trains to `max_steps` and returns a `TrainResult`.
 
-    def __init__(self, recipe: Recipe, resume: bool = False, callbacks=(), base_model=None):
-        """`base_model`: an in-memory (model, processor) trained instead of `recipe.model.path`'s
-        (the benchmark's full-size random models, too big to write to disk and read back)."""
+    A caller that drives the steps itself (the benchmark times each one) uses the public calls
+    `run()` makes: `setup()`, then for each item of `batches(start)` `step(...)` and
+    `optimizer_step(...)`. `model` is the model as the launcher wrapped it (DDP, FSDP, compiled),
+    `peft_model` is it unwrapped, `base_model` the transformers model under the LoRA adapters.
+    """
+
+    def __init__(self, recipe: Recipe, resume: bool = False, callbacks=(), loaded=None):
+        """`loaded`: an in-memory (model, processor) trained instead of `recipe.model.path`'s, the public
+        way to train a model that is not on disk (the benchmark's full-size random models)."""
         validate_recipe(recipe)
         missing = [path for path in recipe.data.paths if not Path(path).is_file()]
         if missing:
@@ -100,13 +106,14 @@ class Trainer:
             raise ConfigError("eval.data: evaluation during training runs on rank 0 alone, which a sharded model "
                               "(train.strategy fsdp) cannot do; evaluate the exported model with `vlmforge eval`")
         self.recipe = recipe
-        self.base_model = base_model
+        self.loaded = loaded
         self.resume = resume
         self.callbacks = list(callbacks)
         self.output_dir = Path(recipe.train.output_dir)
 
     # -- set-up -----------------------------------------------------------------------------
-    def _setup(self):
+    def setup(self) -> None:
+        """Accelerator, model (+ LoRA), optimizer, schedule, dataset and global-batch plan; `run()` calls it first."""
         import torch
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
@@ -129,7 +136,7 @@ class Trainer:
             hf_logging.set_verbosity_error()
         self.fsdp = use_fsdp(self.accelerator, train.strategy)
         torch.manual_seed(train.seed)
-        model, self.processor = load_model_for_training(self.recipe, self.accelerator.device, self.base_model)
+        model, self.processor = load_model_for_training(self.recipe, self.accelerator.device, self.loaded)
         self.bf16 = choose_precision(train.precision, self.accelerator.device)
         trainable, total = count_parameters(model)
         log.info("parameters: %.2fM trainable of %.2fM (%s)", trainable / 1e6, total / 1e6,
@@ -172,12 +179,14 @@ class Trainer:
         self.step_batches = StepBatches(self.dataset, self.plan, collator, self.accelerator.process_index, world, train.grad_accum)
 
     @property
-    def unwrapped(self):
+    def base_model(self):
+        """The transformers model under the LoRA adapters (the same as `peft_model` without LoRA)."""
         model = self.accelerator.unwrap_model(self.model)
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
-    def _loader(self, start: int):
-        """Steps `start`.. of the plan, loaded in `data.num_workers` processes.
+    def batches(self, start: int):
+        """The micro-batches of steps `start`.. of the plan, one list per optimizer step, loaded in
+        `data.num_workers` processes.
 
         The loader gets its own generator: without one, starting its iterator draws the workers'
         base seed from the global torch generator, so a resumed run (which starts it right after
@@ -193,7 +202,9 @@ class Trainer:
                                            generator=torch.Generator().manual_seed(self.recipe.train.seed))
 
     # -- one step ---------------------------------------------------------------------------
-    def _step(self, micro_batches: list) -> dict:
+    def step(self, micro_batches: list) -> dict:
+        """Forward and backward of one optimizer step's micro-batches; the loss is normalised by the
+        step's trained tokens over all processes. Returns the step's stats (loss, token counts)."""
         import torch
 
         from vlmforge.train.steps import summed_loss, trained_token_count
@@ -223,11 +234,11 @@ class Trainer:
     def _gradient_sync(self, last: bool):
         """Average gradients across processes only after the last micro-batch of a step."""
         if self.fsdp:
-            self.unwrapped_peft.set_requires_gradient_sync(last)
+            self.peft_model.set_requires_gradient_sync(last)
             return nullcontext()
         return self.accelerator.no_sync(self.model) if not last and self.accelerator.num_processes > 1 else nullcontext()
 
-    def _optimizer_step(self, stats: dict) -> bool:
+    def optimizer_step(self, stats: dict) -> bool:
         """Clip, check, step. False when the step was skipped (non-finite loss or gradient)."""
         import torch
 
@@ -258,7 +269,7 @@ class Trainer:
         from vlmforge.train.checkpoint import clean_output_dir, latest_checkpoint, load_checkpoint
         from vlmforge.train.metrics_log import MetricsLog, plot_curves
 
-        self._setup()
+        self.setup()
         train = self.recipe.train
         state = {"skipped_steps": 0, "trained_tokens": 0.0}
         start = 0
@@ -279,9 +290,9 @@ class Trainer:
         metrics = MetricsLog(self.output_dir, enabled=self.is_main, tensorboard=train.tensorboard, resume_step=start)
         history, window, last_loss = [], _Window(), float("nan")
         progress = tqdm(total=train.max_steps, initial=start, desc="train", unit="step", disable=not self.is_main)
-        for step, micro_batches in enumerate(self._loader(start), start=start):
-            stats = self._step(micro_batches)
-            if self._optimizer_step(stats):
+        for step, micro_batches in enumerate(self.batches(start), start=start):
+            stats = self.step(micro_batches)
+            if self.optimizer_step(stats):
                 state["trained_tokens"] += stats["trained_tokens"]
                 window.add(stats)
                 last_loss = stats["loss"]
@@ -321,7 +332,8 @@ class Trainer:
         return row
 
     @property
-    def unwrapped_peft(self):
+    def peft_model(self):
+        """`model` unwrapped from DDP / FSDP / compile: with its LoRA adapters, what checkpoints and export save."""
         return self.accelerator.unwrap_model(self.model)
 
     def _handle_nonfinite(self, step: int, stats: dict, state: dict) -> None:
@@ -348,21 +360,21 @@ class Trainer:
         """Restore the run from `checkpoint` (every rank reads it); returns its trainer state."""
         rank = self.accelerator.process_index
         if not self.fsdp:
-            return load_checkpoint(checkpoint, self.unwrapped_peft, self.optimizer, self.scheduler, self.recipe, rank)
+            return load_checkpoint(checkpoint, self.peft_model, self.optimizer, self.scheduler, self.recipe, rank)
         from vlmforge.train.sharded_state import FullOptimizerState, FullState, scatter_full_state
 
-        weights, optimizer_state = FullState.receiving(self.unwrapped_peft), FullOptimizerState()
+        weights, optimizer_state = FullState.receiving(self.peft_model), FullOptimizerState()
         state = load_checkpoint(checkpoint, weights, optimizer_state, self.scheduler, self.recipe, rank)
-        scatter_full_state(self.unwrapped_peft, self.optimizer, weights.tensors, optimizer_state.state)
+        scatter_full_state(self.peft_model, self.optimizer, weights.tensors, optimizer_state.state)
         return state
 
     def _full_state(self) -> tuple:
         """(model, optimizer) as the checkpoint writer reads them: under FSDP, the state gathered onto rank 0."""
         if not self.fsdp:
-            return self.unwrapped_peft, self.optimizer
+            return self.peft_model, self.optimizer
         from vlmforge.train.sharded_state import FullOptimizerState, FullState, gather_full_state
 
-        weights, optimizer_state = gather_full_state(self.unwrapped_peft, self.optimizer)  # every rank takes part
+        weights, optimizer_state = gather_full_state(self.peft_model, self.optimizer)  # every rank takes part
         return FullState(weights), FullOptimizerState(optimizer_state)
 
     def _rng_states(self) -> list | None:
@@ -403,7 +415,7 @@ class Trainer:
             if self.recipe.train.export and self.fsdp:  # rank 0 holds shards only; the last step is checkpointed
                 final = export_checkpoint(self.output_dir / f"checkpoint-{self.recipe.train.max_steps}", self.output_dir / "final")
             elif self.recipe.train.export:
-                final = export_model(self.unwrapped_peft, self.processor, self.output_dir / "final")
+                final = export_model(self.peft_model, self.processor, self.output_dir / "final")
             if final:
                 log.info("merged model written to %s", final)
         self.accelerator.wait_for_everyone()
