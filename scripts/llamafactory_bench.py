@@ -175,7 +175,8 @@ def table(folder: Path) -> str:
     bench = json.loads((folder / "vlmforge.json").read_text())
     factory = json.loads((folder / "llamafactory.json").read_text())
     ours, trl = bench["training"]["vlmforge"], bench["training"]["baseline"]
-    columns = [("vlmforge", ours), (f"TRL ({bench['training'].get('baseline_name')})", trl), (factory["system"], factory)]
+    trl_name = "TRL SFTTrainer" if bench["training"].get("baseline_name") == "trl" else "naive loop"
+    columns = [("vlmforge", ours), (trl_name, trl), (factory["system"], factory)]
     rows = [("", *[name for name, _ in columns])]
     for label, key, fmt in (("real tokens/s", "real_tokens_per_s", "{:,.0f}"), ("samples/s", "samples_per_s", "{:.2f}"),
                             ("median step (s)", "median_step_s", "{:.3f}"), ("pad fraction", "pad_fraction", "{:.1%}"),
@@ -191,7 +192,7 @@ def table(folder: Path) -> str:
     machine = bench["machine"]
     lines.append(f"* vlmforge and TRL: resident + the longest step's peak; LLaMA-Factory: the process's peak RSS. "
                  f"{machine['cpu']}, load average {machine.get('load_average_start')} → {machine.get('load_average_end')} "
-                 f"(vlmforge/TRL), {factory['load_average'][0]:.2f} (LLaMA-Factory); {factory['transformers']=}")
+                 f"(vlmforge/TRL), {factory['load_average'][0]:.2f} (LLaMA-Factory, on transformers {factory['transformers']})")
     return "\n".join(lines)
 
 
