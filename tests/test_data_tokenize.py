@@ -106,3 +106,13 @@ def test_control_token_text_stays_plain_under_a_trimming_template_and_a_rewritin
     tokenizer.chat_template = tokenizer.chat_template.replace("| trim", "| upper")
     with pytest.raises(DataError, match=r"message 0 holds the control-token text '<\|eot_id\|>'"):
         encode_conversation(messages, tokenizer, "<image>", 2, None)
+
+
+def test_wrapping_an_already_wrapped_template_replaces_its_wrapper():
+    from vlmforge.data.chat_templates import CHATML_TEMPLATE, multimodal_chat_template
+
+    once = multimodal_chat_template(CHATML_TEMPLATE)
+    assert multimodal_chat_template(once) == once
+    text_first = multimodal_chat_template(once, images_after_text=True)
+    assert text_first == multimodal_chat_template(CHATML_TEMPLATE, images_after_text=True)
+    assert text_first.count("namespace(messages=[])") == 1

@@ -11,7 +11,9 @@ first, then its images, so every client (chat, serve, vLLM) sends the layout it 
 
 IMAGE_PLACEHOLDER = "<image>"
 
-# Jinja pieces of `_flatten_content`, over one content part `_part`.
+# Jinja pieces of `_flatten_content`: its first and last statements, and what it does with one content part `_part`.
+_FLATTEN_START = "{%- set _flat = namespace(messages=[]) -%}"
+_FLATTEN_END = "{%- set messages = _flat.messages -%}"
 _IS_IMAGE = "_part['type'] == 'image' or _part['type'] == 'image_url'"
 _ADD_IMAGE = "{%- set _text.parts = _text.parts + ['" + IMAGE_PLACEHOLDER + "'] -%}"
 _ADD_TEXT = "{%- set _text.parts = _text.parts + [_part['text']] -%}"
@@ -33,8 +35,8 @@ def _flatten_content(images_after_text: bool) -> str:
             "{%- endfor -%}"
         )
     return (
-        "{%- set _flat = namespace(messages=[]) -%}"
-        "{%- for _m in messages -%}"
+        _FLATTEN_START
+        + "{%- for _m in messages -%}"
         "{%- if _m['content'] is string or _m['content'] is none -%}"
         "{%- set _flat.messages = _flat.messages + [_m] -%}"
         "{%- else -%}"
@@ -43,7 +45,7 @@ def _flatten_content(images_after_text: bool) -> str:
         "{%- set _flat.messages = _flat.messages + [{'role': _m['role'], 'content': _text.parts | join('\\n')}] -%}"
         "{%- endif -%}"
         "{%- endfor -%}"
-        "{%- set messages = _flat.messages -%}"
+        + _FLATTEN_END
     )
 
 
@@ -69,5 +71,11 @@ LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header
 
 
 def multimodal_chat_template(llm_template: str, images_after_text: bool = False) -> str:
-    """Wrap an LLM's own chat template so it also accepts content parts (`{"type": "image"}`, ...)."""
+    """Wrap an LLM's own chat template so it also accepts content parts (`{"type": "image"}`, ...).
+
+    A template that is already wrapped (a tokenizer vlmforge trained, a VLM folder's) gets its wrapper
+    replaced, not a second one, so the saved template carries the flattening once, in the order asked.
+    """
+    if llm_template.startswith(_FLATTEN_START) and _FLATTEN_END in llm_template:
+        llm_template = llm_template.split(_FLATTEN_END, 1)[1]
     return _flatten_content(images_after_text) + llm_template
