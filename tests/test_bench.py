@@ -317,8 +317,9 @@ def test_plan_recommends_checkpointing_only_when_needed(capsys):
     assert "does not fit in 16 GB" in capsys.readouterr().out
 
 
-def test_plan_reads_a_model_folder(tiny_vlm_dir, capsys):
-    assert main(["bench", "--plan", "instruct-lora", "--model", str(tiny_vlm_dir), "--gpu-gb", "8"]) == 0
+@pytest.mark.parametrize("flag", ["--model", "--model.path"])  # --model.path: the same flag as `vlmforge train`
+def test_plan_reads_a_model_folder(tiny_vlm_dir, capsys, flag):
+    assert main(["bench", "--plan", "instruct-lora", flag, str(tiny_vlm_dir), "--gpu-gb", "8"]) == 0
     out = capsys.readouterr().out
     assert str(tiny_vlm_dir) in out and "micro-batch 32 without gradient checkpointing" in out
 

@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
                         help="torch CPU threads (default: torch's; 1 on a CPU shared with other torch work)")
     parser.add_argument("--plan", metavar="RECIPE", default="",
                         help="only estimate RECIPE's GPU memory and recommend a batch size (no benchmark run)")
-    parser.add_argument("--model", default="", help="--plan: the model folder (default: the recipe's model.path, "
+    parser.add_argument("--model", "--model.path", dest="model", default="", help="--plan: the model folder (default: the recipe's model.path, "
                                                     "else the shapes of --config)")
     parser.add_argument("--gpu-gb", type=float, default=80.0, help="--plan: GPU memory in GB (default 80)")
     parser.add_argument("--seq-len", type=int, default=None, help="--plan: tokens per sequence (default: data.max_length)")
