@@ -290,19 +290,21 @@ class Trainer:
         metrics = MetricsLog(self.output_dir, enabled=self.is_main, tensorboard=train.tensorboard, resume_step=start)
         history, window, last_loss = [], _Window(), float("nan")
         progress = tqdm(total=train.max_steps, initial=start, desc="train", unit="step", disable=not self.is_main)
-        for step, micro_batches in enumerate(self.batches(start), start=start):
-            stats = self.step(micro_batches)
-            if self.optimizer_step(stats):
-                state["trained_tokens"] += stats["trained_tokens"]
-                window.add(stats)
-                last_loss = stats["loss"]
-                progress.set_postfix(loss=f"{stats['loss']:.3f}")
-            else:
-                self._handle_nonfinite(step, stats, state)
-                window.skipped += 1
-            progress.update(1)
-            self._on_schedule(step + 1, window, stats, state, history, metrics)
-        progress.close()
+        try:  # an error mid-run is printed on its own line, not after the unfinished bar
+            for step, micro_batches in enumerate(self.batches(start), start=start):
+                stats = self.step(micro_batches)
+                if self.optimizer_step(stats):
+                    state["trained_tokens"] += stats["trained_tokens"]
+                    window.add(stats)
+                    last_loss = stats["loss"]
+                    progress.set_postfix(loss=f"{stats['loss']:.3f}")
+                else:
+                    self._handle_nonfinite(step, stats, state)
+                    window.skipped += 1
+                progress.update(1)
+                self._on_schedule(step + 1, window, stats, state, history, metrics)
+        finally:
+            progress.close()
         metrics.close()
         final = self._finish(metrics.path, plot_curves)
         return TrainResult(self.output_dir, train.max_steps, last_loss, final, history, state["skipped_steps"])
