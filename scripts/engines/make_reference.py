@@ -1,11 +1,13 @@
 """Build a tiny VLM with vlmforge and record what transformers generates for it (run in vlmforge's .venv).
 
-    .venv/bin/python scripts/engines/make_reference.py OUT_DIR [siglip|clip]
+    .venv/bin/python scripts/engines/make_reference.py OUT_DIR [siglip|clip|idefics3]
 
 Writes OUT_DIR/model (a folder written by vlmforge's export path), OUT_DIR/image.png and
 OUT_DIR/reference.json: the prompt text, its token ids, and the greedy token ids transformers
 generates. `vllm_check.py` then asks vLLM for the same thing. Shapes suit vLLM's CPU kernels
 (head size 64 in the LLM, 32 in the tower); weights are re-drawn so answers depend on the image.
+idefics3: a SigLIP + Llama model built with `--arch idefics3 --pixel-shuffle 2` (vLLM's Idefics3 always
+builds a Llama text model); tiles of 32 px, longest edge 64, so the 64 x 48 image is 2 x 2 tiles + a global view.
 """
 
 import json
@@ -27,19 +29,21 @@ def make_image(path: Path):
     return image
 
 
-def make_model(out: Path, tower: str) -> Path:
+def make_model(out: Path, kind: str) -> Path:
     import torch
 
     from vlmforge.model.build import BuildConfig, build_vlm
     from vlmforge.model.tiny import make_tiny_llm, make_tiny_vision
     from vlmforge.train.export import export_model
 
+    tower = "clip" if kind == "clip" else "siglip"
     vision = make_tiny_vision(out / "parts" / tower, tower, image_size=32, patch_size=8, hidden_size=64,
                               num_attention_heads=2)
-    llm_kind = "qwen2" if tower == "siglip" else "llama"
+    llm_kind = "qwen2" if kind == "siglip" else "llama"
     llm = make_tiny_llm(out / "parts" / llm_kind, llm_kind, hidden_size=128, num_attention_heads=2,
                         num_key_value_heads=1)
-    model, processor = build_vlm(BuildConfig(vision=str(vision), llm=str(llm)))
+    arch = {"arch": "idefics3", "pixel_shuffle": 2} if kind == "idefics3" else {}
+    model, processor = build_vlm(BuildConfig(vision=str(vision), llm=str(llm), **arch))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for parameter in model.parameters():

@@ -2,9 +2,10 @@
 
     PYTHONPATH=.venv-engines-tf4 .venv-engines/bin/python scripts/engines/transformers_check.py OUT_DIR
 
-Written for transformers 4.x (no vlmforge import): `LlavaForConditionalGeneration` must load the
-folder without missing or unexpected keys, `AutoProcessor` + its chat template must give the prompt
-ids of reference.json (made with the pinned transformers 5), and greedy generation the same ids.
+Written for transformers 4.x (no vlmforge import): `AutoModelForImageTextToText` (the folder's Llava
+or Idefics3 class) must load the folder without missing or unexpected keys, `AutoProcessor` + its chat
+template must give the prompt ids of reference.json (made with the pinned transformers 5), and greedy
+generation the same ids.
 """
 
 import json
@@ -22,11 +23,11 @@ def main() -> None:
     import torch
     import transformers
     from PIL import Image
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     out = Path(sys.argv[1])
     ref = json.loads((out / "reference.json").read_text())
-    model, info = LlavaForConditionalGeneration.from_pretrained(out / "model", output_loading_info=True)
+    model, info = AutoModelForImageTextToText.from_pretrained(out / "model", output_loading_info=True)
     name = f"transformers {transformers.__version__}"
     ok = check(f"{name} loading report (missing, unexpected, mismatched keys)",
                [key for value in info.values() for key in value], [])

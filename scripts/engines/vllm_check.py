@@ -36,7 +36,9 @@ def offline(out: Path, ref: dict) -> bool:
 
     llm = LLM(model=str(out / "model"), dtype="float32", max_model_len=512, enforce_eager=True, seed=0,
               limit_mm_per_prompt={"image": 1})
-    greedy = SamplingParams(temperature=0.0, max_tokens=len(ref["greedy_ids"]), ignore_eos=True)
+    # min_tokens masks EOS as the reference's min_new_tokens does (ignore_eos alone still lets EOS win a step)
+    greedy = SamplingParams(temperature=0.0, max_tokens=len(ref["greedy_ids"]), min_tokens=len(ref["greedy_ids"]),
+                            ignore_eos=True)
     image = Image.open(out / "image.png").convert("RGB")
     result = llm.generate({"prompt": ref["prompt"], "multi_modal_data": {"image": image}}, greedy)[0]
     ok = check("LLM.generate prompt ids", result.prompt_token_ids, ref["prompt_ids"])
@@ -51,7 +53,8 @@ def serve(out: Path, ref: dict, url: str) -> bool:
     import urllib.request
 
     body = {"model": str(out / "model"), "messages": chat_messages(out, ref["question"]), "temperature": 0,
-            "max_tokens": len(ref["greedy_ids"]), "ignore_eos": True, "return_token_ids": True}
+            "max_tokens": len(ref["greedy_ids"]), "min_tokens": len(ref["greedy_ids"]), "ignore_eos": True,
+            "return_token_ids": True}
     request = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=300) as response:
