@@ -147,18 +147,24 @@ def test_loader_leaves_the_global_generator_alone(tiny_vlm_dir, data, tmp_path):
     assert torch.equal(torch.get_rng_state(), before)
 
 
-def test_nonfinite_loss_stops_or_skips(tiny_vlm_dir, data, tmp_path, monkeypatch):
+def _nan_loss_at_call(monkeypatch, bad_call: int) -> dict:
+    """Make the `bad_call`-th loss computation NaN; the returned counter can be reset to 0 for the next run."""
     import vlmforge.train.steps as steps
 
     real = steps.summed_loss
     calls = {"n": 0}
 
-    def sometimes_nan(model, batch):
+    def loss_or_nan(model, batch):
         calls["n"] += 1
         loss = real(model, batch)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        return loss * float("nan") if calls["n"] == bad_call else loss
 
-    monkeypatch.setattr(steps, "summed_loss", sometimes_nan)
+    monkeypatch.setattr(steps, "summed_loss", loss_or_nan)
+    return calls
+
+
+def test_nonfinite_loss_stops_or_skips(tiny_vlm_dir, data, tmp_path, monkeypatch):
+    calls = _nan_loss_at_call(monkeypatch, 3)
     with pytest.raises(TrainingError, match="non-finite loss.*step 3"):
         train(tiny_recipe(tiny_vlm_dir, data, tmp_path / "stop", max_steps=4, save_steps=2))
     assert os.readlink(tmp_path / "stop" / "checkpoint-latest") == "checkpoint-2"
@@ -169,17 +175,7 @@ def test_nonfinite_loss_stops_or_skips(tiny_vlm_dir, data, tmp_path, monkeypatch
 
 def test_skipped_last_step_still_logs_and_saves(tiny_vlm_dir, data, tmp_path, monkeypatch):
     """The bad step is the last one and a save step: the run still ends with checkpoint-4 and a row for step 4."""
-    import vlmforge.train.steps as steps
-
-    real = steps.summed_loss
-    calls = {"n": 0}
-
-    def nan_at_step_4(model, batch):
-        calls["n"] += 1
-        loss = real(model, batch)
-        return loss * float("nan") if calls["n"] == 4 else loss
-
-    monkeypatch.setattr(steps, "summed_loss", nan_at_step_4)
+    _nan_loss_at_call(monkeypatch, 4)
     run = tmp_path / "run"
     result = train(tiny_recipe(tiny_vlm_dir, data, run, max_steps=4, save_steps=2, log_steps=1, nonfinite="skip"))
     assert result.skipped_steps == 1
