@@ -12,7 +12,8 @@ the generation prompt ends where assistant turn i starts, the text of `messages[
 stops (whitespace the template puts after the end-of-turn token stays untrained). Each piece is
 tokenised on its own, exactly as inference tokenises a prompt and then generates. Each `<image>`
 placeholder becomes `num_image_tokens` copies of the processor's image token, here in the data
-layer, so the model never changes sequence length. Inference reuses `encode_prompt`.
+layer, so the model never changes sequence length. Inference encodes its prompts with
+`encode_prompt` (through `infer.generate.prompt_token_ids`): one path for training and serving.
 
 Text from users and datasets never becomes a control token: a message whose text holds the text
 of one of the tokenizer's special tokens (`<|im_end|>\\n<|im_start|>system ...`, `<|eot_id|>`)

@@ -1,19 +1,23 @@
 """Generation for any vlmforge model: batched with left padding, streamed, greedy or sampled.
 
-Prompts are rendered with the processor's chat template and images go through the processor's
-image processor: the same rendering and preprocessing the data layer trains with. A conversation
-whose text holds control-token text (`<|im_end|>`, `<|eot_id|>`, ...) is tokenised by the data
-layer's `encode_prompt`, which keeps such text plain, so a user can never forge a turn.
+Prompt ids come from the data layer's `encode_prompt`, the path training tokenises with (the
+processor's chat template renders content parts; each image becomes the ids the processor would
+write for it); the image processor only makes pixel values. So training and serving cannot drift,
+and message text holding control-token text (`<|im_end|>`, `<|eot_id|>`, ...) stays plain text, as
+in training: a user can never forge a turn.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
-from vlmforge.errors import DataError
+from vlmforge.data.image_tokens import image_tokens_for, is_tiling
+from vlmforge.data.tokenize import encode_prompt
+from vlmforge.errors import DataError, ModelError
 
 
 @dataclass
@@ -48,59 +52,78 @@ def count_image_slots(messages: list[dict]) -> int:
     return total
 
 
-def render_prompts(processor, conversations: list[list[dict]], images: list[list]) -> list[str]:
-    """Chat-template each conversation with a generation prompt; placeholder counts must match images."""
-    texts = []
-    for index, (messages, conversation_images) in enumerate(zip(conversations, images, strict=True)):
-        slots = count_image_slots(messages)
-        if slots != len(conversation_images):
-            raise DataError(
-                f"conversation {index}: {slots} image placeholder(s) but {len(conversation_images)} image(s) given"
-            )
-        texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-    return texts
+def _check_image_count(messages: list[dict], images: list, index: int) -> None:
+    slots = count_image_slots(messages)
+    if slots != len(images):
+        raise DataError(f"conversation {index}: {slots} image placeholder(s) but {len(images)} image(s) given")
 
 
-def prepare_inputs(processor, conversations: list[list[dict]], images: list[list]):
-    """Tokenise a batch (left padded) with pixel values for every image, in order."""
-    texts = render_prompts(processor, conversations, images)
-    flat_images = [image for conversation_images in images for image in conversation_images]
-    processor.tokenizer.padding_side = "left"
-    batch = processor(text=texts, images=flat_images or None, padding=True, return_tensors="pt")
-    return _keep_control_text_plain(batch, processor, conversations, images)
+def prompt_token_ids(processor, messages: list[dict], images: list, index: int = 0) -> list[int]:
+    """Token ids of one conversation's generation prompt, encoded by the data layer as training encodes it.
 
-
-def _keep_control_text_plain(batch, processor, conversations: list[list[dict]], images: list[list]):
-    """Re-tokenise (left padded) the rows whose message text holds control-token text, as training does.
-
-    The processor parses special tokens inside the rendered text, so `<|im_end|>` typed by a user
-    would close the turn; `encode_prompt` encodes message text with special-token parsing off.
+    The processor's chat template renders (it takes content parts); each image becomes the ids the
+    processor would write for it (a constant run for Llava, the tile layout of its size for Idefics3).
+    `index` names the conversation in the error raised when its placeholders and images differ in number.
     """
-    from vlmforge.data.tokenize import control_text_in, encode_prompt
+    _check_image_count(messages, images, index)
+    tokens = _image_tokens(processor)
+    per_image = tokens if isinstance(tokens, int) else [tokens.ids(*image.size) for image in images]
+    return encode_prompt(messages, processor.tokenizer, processor.image_token, per_image,
+                         chat_template=getattr(processor, "chat_template", None))
 
-    risky = [row for row, messages in enumerate(conversations) if control_text_in(messages, processor.tokenizer)]
-    if not risky:
-        return batch
+
+_IMAGE_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # processor -> image_tokens_for(processor)
+
+
+def _image_tokens(processor):
+    """`image_tokens_for(processor)`, asked once per processor (for Llava it runs the processor on one image)."""
+    try:
+        return _IMAGE_TOKENS[processor]
+    except KeyError:
+        tokens = _IMAGE_TOKENS[processor] = image_tokens_for(processor)
+        return tokens
+    except TypeError:  # not weakly referenceable: no cache
+        return image_tokens_for(processor)
+
+
+def pixel_inputs(processor, images: list[list]) -> dict:
+    """The image processor's tensors for a batch's images (nothing when there are none).
+
+    Llava: `pixel_values` (N_images, C, H, W), every image in order. Idefics3: one row per
+    conversation, tiles zero-padded to the longest row, with `pixel_attention_mask`, as its processor
+    pads them; the tile grids must be those `prompt_token_ids` wrote (computed from each image's size).
+    """
+    if not any(images):
+        return {}
+    if not is_tiling(processor):
+        flat = [image for row in images for image in row]
+        return {"pixel_values": processor.image_processor(flat, return_tensors="pt")["pixel_values"]}
+    features = processor.image_processor(images, return_row_col_info=True, return_tensors="pt")
+    tokens = _image_tokens(processor)
+    for row_images, rows, cols in zip(images, features["rows"], features["cols"], strict=True):
+        if [tokens.grid(*image.size) for image in row_images] != list(zip(rows, cols)):
+            raise ModelError("the image processor cut an image into a tile grid other than the one computed "
+                             "from its size; this processor's resizing is not supported")
+    return {"pixel_values": features["pixel_values"], "pixel_attention_mask": features["pixel_attention_mask"]}
+
+
+def prepare_inputs(processor, conversations: list[list[dict]], images: list[list],
+                   prompt_ids: list[list[int]] | None = None):
+    """A left-padded batch: prompt ids from the data layer (`prompt_ids` when already encoded), pixels from the image processor."""
     import torch
+    from transformers import BatchFeature
 
-    from vlmforge.data.image_tokens import image_tokens_for, is_tiling
-
-    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
-    tiled = image_tokens_for(processor) if is_tiling(processor) else None  # Idefics3: ids depend on each image's size
-    rows = []
-    for row, (ids, mask) in enumerate(zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())):
-        ids = [token for token, keep in zip(ids, mask) if keep]
-        if row in risky:
-            per_image = ([tiled.ids(*image.size) for image in images[row]] if tiled
-                         else ids.count(image_id) // max(len(images[row]), 1))
-            ids = encode_prompt(conversations[row], processor.tokenizer, processor.image_token, per_image,
-                                chat_template=getattr(processor, "chat_template", None))
-        rows.append(ids)
+    if len(conversations) != len(images):
+        raise DataError(f"{len(conversations)} conversation(s) but {len(images)} image list(s)")
+    rows = prompt_ids or [prompt_token_ids(processor, messages, row, index)
+                          for index, (messages, row) in enumerate(zip(conversations, images))]
     width = max(len(ids) for ids in rows)
     pad = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
-    batch["input_ids"] = torch.tensor([[pad] * (width - len(ids)) + ids for ids in rows])  # (B, T) left padded
-    batch["attention_mask"] = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows])  # (B, T)
-    return batch
+    data = {
+        "input_ids": torch.tensor([[pad] * (width - len(ids)) + ids for ids in rows]),  # (B, T) left padded
+        "attention_mask": torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows]),  # (B, T)
+    }
+    return BatchFeature(data={**data, **pixel_inputs(processor, images)})
 
 
 def _generate_kwargs(model, processor, options: GenerationOptions) -> dict:
@@ -129,15 +152,26 @@ def _trim_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def _model_inputs(model, processor, conversations: list[list[dict]], images: list[list],
+                  prompt_ids: list[list[int]] | None):
+    """`prepare_inputs` on the model's device, pixel values in the model's dtype."""
+    inputs = prepare_inputs(processor, conversations, images, prompt_ids).to(model.device)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    return inputs
+
+
 def generate(model, processor, conversations: list[list[dict]], images: list[list],
-             options: GenerationOptions | None = None) -> list[Completion]:
-    """Complete a batch of conversations; returns one `Completion` per conversation."""
+             options: GenerationOptions | None = None, prompt_ids: list[list[int]] | None = None) -> list[Completion]:
+    """Complete a batch of conversations; returns one `Completion` per conversation.
+
+    `prompt_ids`: each conversation's `prompt_token_ids`, when the caller already has them (the
+    server's worker encodes a request once, to check its length, and generates from those ids).
+    """
     import torch
 
     options = options or GenerationOptions()
-    inputs = prepare_inputs(processor, conversations, images).to(model.device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    inputs = _model_inputs(model, processor, conversations, images, prompt_ids)
     with torch.inference_mode():
         output = model.generate(**inputs, **_generate_kwargs(model, processor, options))
     prompt_length = inputs["input_ids"].shape[1]
@@ -177,19 +211,19 @@ def _strip_padding(tokens: list[int], eos_ids: set[int], pad_id: int | None) -> 
 
 def stream(model, processor, messages: list[dict], images: list,
            options: GenerationOptions | None = None,
-           on_finish: Callable[[Completion], None] | None = None) -> Iterator[str]:
+           on_finish: Callable[[Completion], None] | None = None,
+           prompt_ids: list[int] | None = None) -> Iterator[str]:
     """Yield the answer to one conversation piece by piece as it is generated.
 
     Closing the iterator early (a client that went away) stops the generation within a token.
-    `on_finish`, when given, receives the `Completion` (token counts, finish reason) at the end.
+    `on_finish`, when given, receives the `Completion` (token counts, finish reason) at the end;
+    `prompt_ids` as for `generate` (this conversation's).
     """
     import torch
     from transformers import TextIteratorStreamer
 
     options = options or GenerationOptions()
-    inputs = prepare_inputs(processor, [messages], [images]).to(model.device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    inputs = _model_inputs(model, processor, [messages], [images], None if prompt_ids is None else [prompt_ids])
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     cancelled = threading.Event()
     kwargs = _generate_kwargs(model, processor, options)

@@ -4,11 +4,15 @@
     worker.start()
     worker.submit(Job(messages, images, options, stream=False, emit=events.append))
     # events: ("admitted", prompt_tokens), then ("text", piece)... for streams, then ("done", Completion)
-    # or a single ("error", RequestError | Exception)
+    # or a single ("error", error): a `VlmforgeError` (the request's fault) or any other exception (a bug)
 
 Waiting non-streamed jobs with equal generation settings are generated together as one left-padded
 batch (greedy answers equal those of the same request alone); a streamed job runs alone. Because
-only this thread touches the model and the tokenizer, generations never mix.
+only this thread touches the model and the tokenizer, generations never mix. A request is encoded
+once (`prompt_token_ids`: its length is checked on admission) and generated from those ids.
+
+The worker knows nothing of HTTP: it raises and emits vlmforge errors (`QueueFull`, `WorkerClosed`,
+`PromptTooLong`, ...); the server maps them to status codes.
 """
 
 from __future__ import annotations
@@ -19,11 +23,22 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vlmforge.errors import VlmforgeError
-from vlmforge.infer.generate import GenerationOptions, generate, prepare_inputs, stream
-from vlmforge.infer.openai_schema import RequestError
+from vlmforge.errors import DataError, VlmforgeError
+from vlmforge.infer.generate import GenerationOptions, generate, prompt_token_ids, stream
 
 logger = logging.getLogger(__name__)
+
+
+class QueueFull(VlmforgeError):
+    """Too many requests are waiting; the client should retry shortly."""
+
+
+class WorkerClosed(VlmforgeError):
+    """The worker is shutting down and takes no more jobs."""
+
+
+class PromptTooLong(DataError):
+    """A prompt (image tokens included) longer than the worker takes."""
 
 
 @dataclass
@@ -34,6 +49,7 @@ class Job:
     stream: bool
     emit: Callable[[tuple[str, object]], None]  # called from the worker thread
     cancelled: threading.Event = field(default_factory=threading.Event)
+    prompt_ids: list[int] | None = None  # set on admission
 
     def batch_key(self):
         """Jobs with equal keys can share a batch; None = must run alone (streams, seeded sampling)."""
@@ -59,10 +75,9 @@ class JobQueue:
     def put(self, job: Job) -> None:
         with self._ready:
             if self._closed:
-                raise RequestError("the server is shutting down", status=503, kind="server_error")
+                raise WorkerClosed("the server is shutting down")
             if len(self._jobs) >= self.max_size:
-                raise RequestError(f"too many requests waiting ({self.max_size}); retry shortly",
-                                   status=429, kind="rate_limit_error", code="queue_full")
+                raise QueueFull(f"too many requests waiting ({self.max_size}); retry shortly")
             self._jobs.append(job)
             self._ready.notify()
 
@@ -118,26 +133,25 @@ class ModelWorker:
                 self._complete(admitted)
 
     def _admit(self, job: Job) -> bool:
-        """Check the prompt length (exactly, image tokens included); tell the job it is admitted."""
+        """Encode the prompt once and check its length (exactly, image tokens included); tell the job it is admitted."""
         if job.cancelled.is_set():
             return False
         try:
-            prompt_tokens = int(prepare_inputs(self.processor, [job.messages], [job.images])["input_ids"].shape[1])
-            if prompt_tokens > self.max_prompt_tokens:
-                raise RequestError(f"the prompt has {prompt_tokens} tokens (images included); this server "
-                                   f"takes at most {self.max_prompt_tokens}", param="messages",
-                                   code="context_length_exceeded")
+            job.prompt_ids = prompt_token_ids(self.processor, job.messages, job.images)
+            if len(job.prompt_ids) > self.max_prompt_tokens:
+                raise PromptTooLong(f"the prompt has {len(job.prompt_ids)} tokens (images included); this server "
+                                    f"takes at most {self.max_prompt_tokens}")
         except Exception as error:
             _fail(job, error)
             return False
-        job.emit(("admitted", prompt_tokens))
+        job.emit(("admitted", len(job.prompt_ids)))
         return True
 
     def _complete(self, jobs: list[Job]) -> None:
         logger.debug("generating a batch of %d", len(jobs))
         try:
             completions = generate(self.model, self.processor, [j.messages for j in jobs],
-                                   [j.images for j in jobs], jobs[0].options)
+                                   [j.images for j in jobs], jobs[0].options, [j.prompt_ids for j in jobs])
         except Exception as error:
             if len(jobs) == 1:
                 _fail(jobs[0], error)
@@ -150,7 +164,8 @@ class ModelWorker:
 
     def _stream(self, job: Job) -> None:
         finished = []
-        pieces = stream(self.model, self.processor, job.messages, job.images, job.options, on_finish=finished.append)
+        pieces = stream(self.model, self.processor, job.messages, job.images, job.options, on_finish=finished.append,
+                        prompt_ids=job.prompt_ids)
         try:
             for piece in pieces:
                 if job.cancelled.is_set():
@@ -166,11 +181,7 @@ class ModelWorker:
 
 
 def _fail(job: Job, error: Exception) -> None:
-    if isinstance(error, RequestError):
-        job.emit(("error", error))
-    elif isinstance(error, VlmforgeError):
-        job.emit(("error", RequestError(str(error))))
-    else:
+    """Hand the error to the job; one that is not a `VlmforgeError` is a bug, so it is logged here."""
+    if not isinstance(error, VlmforgeError):
         logger.exception("generation failed", exc_info=error)
-        job.emit(("error", RequestError(f"generation failed: {type(error).__name__}", status=500,
-                                        kind="server_error")))
+    job.emit(("error", error))

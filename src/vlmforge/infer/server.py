@@ -32,7 +32,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from vlmforge.infer.image_urls import ImageUrlError, ImageUrlLimits, PixelBudget, load_image_url
-from vlmforge.infer.model_worker import Job, ModelWorker
+from vlmforge.errors import VlmforgeError
+from vlmforge.infer.model_worker import Job, ModelWorker, PromptTooLong, QueueFull, WorkerClosed
 from vlmforge.infer.openai_schema import (ChatRequest, RequestError, RequestLimits, completion_chunk,
                                           completion_response, error_body, parse_chat_request, usage)
 from vlmforge.infer.host_check import HostHeaderCheck, allowed_host_check
@@ -132,7 +133,10 @@ def _add_api_routes(app, config: ServeConfig, worker: ModelWorker, keep_side: in
         images = await run_in_threadpool(load_images, chat, decoding)
         events = JobEvents(asyncio.get_running_loop())
         job = Job(chat.messages, images, chat.options, chat.stream, events.emit)
-        worker.submit(job)
+        try:
+            worker.submit(job)
+        except VlmforgeError as error:
+            raise request_error(error) from None
         try:
             await events.expect("admitted")
             if chat.stream:
@@ -142,6 +146,22 @@ def _add_api_routes(app, config: ServeConfig, worker: ModelWorker, keep_side: in
         except BaseException:
             job.cancelled.set()
             raise
+
+
+def request_error(error: BaseException) -> RequestError:
+    """The HTTP answer to an error of the model worker: a vlmforge error is the request's (4xx, 429, 503),
+    anything else a bug (500, logged by the worker, its details not sent)."""
+    if isinstance(error, RequestError):
+        return error
+    if isinstance(error, QueueFull):
+        return RequestError(str(error), status=429, kind="rate_limit_error", code="queue_full")
+    if isinstance(error, WorkerClosed):
+        return RequestError(str(error), status=503, kind="server_error")
+    if isinstance(error, PromptTooLong):
+        return RequestError(str(error), param="messages", code="context_length_exceeded")
+    if isinstance(error, VlmforgeError):
+        return RequestError(str(error))
+    return RequestError(f"generation failed: {type(error).__name__}", status=500, kind="server_error")
 
 
 class JobEvents:
@@ -160,7 +180,7 @@ class JobEvents:
     async def next(self) -> tuple[str, object]:
         kind, value = await self.queue.get()
         if kind == "error":
-            raise value
+            raise request_error(value)
         return kind, value
 
     async def expect(self, wanted: str):
