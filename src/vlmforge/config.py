@@ -18,14 +18,19 @@ from typing import Any
 from vlmforge.errors import ConfigError
 
 
-def option(default=None, help: str = "", factory=None, ge=None, gt=None, le=None, lt=None):
+def option(default=None, help: str = "", factory=None, ge=None, gt=None, le=None, lt=None,
+           flags: tuple[str, ...] = (), metavar: str | None = None, repeat: bool = False):
     """A dataclass field with a help text (shown by the generated CLI flag) and an optional range.
 
     `ge` / `gt` / `le` / `lt` bound a number (each item of a list of numbers); `from_dict` checks them,
     and every float must be finite, so a bad value is refused when the config is read, naming its key.
+    `flags` replaces the flag names made from the field name (a command's established spelling:
+    `--from`, which no field can be named, or an alias such as `--model.path`); `metavar` names the
+    value in `--help`; `repeat` makes a list flag take one value per use (`--image-root A --image-root B`)
+    rather than several after one flag.
     """
     bounds = {key: value for key, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if value is not None}
-    metadata = {"help": help, "bounds": bounds}
+    metadata = {"help": help, "bounds": bounds, "flags": tuple(flags), "metavar": metavar, "repeat": repeat}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -190,39 +195,56 @@ def save_yaml(config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
-def iter_fields(cls, prefix: str = ""):
-    """Yield (dotted name, type, default, help) for every leaf field, nested dataclasses flattened."""
+def _leaf_fields(cls, prefix: str = ""):
+    """Yield (dotted name, type, default, dataclass field) for every leaf field, nested dataclasses flattened."""
     types_by_name = _field_types(cls)
     for f in dataclasses.fields(cls):
         kind = types_by_name[f.name]
         name = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(kind):
-            yield from iter_fields(kind, f"{name}.")
+            yield from _leaf_fields(kind, f"{name}.")
         else:
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            yield name, kind, default, f.metadata.get("help", "")
+            yield name, kind, default, f
+
+
+def iter_fields(cls, prefix: str = ""):
+    """Yield (dotted name, type, default, help) for every leaf field, nested dataclasses flattened."""
+    for name, kind, default, f in _leaf_fields(cls, prefix):
+        yield name, kind, default, f.metadata.get("help", "")
+
+
+def field_help(cls, name: str) -> str:
+    """The help text of field `name` (dotted for nested ones): for a positional argument a command adds by hand."""
+    return next(help_text for field, _, _, help_text in iter_fields(cls) if field == name)
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
     """One flag per leaf field (`--a.b`); unset flags stay absent (argparse.SUPPRESS) so YAML values win."""
-    for name, kind, default, help_text in iter_fields(cls, prefix):
-        if name in skip:
-            continue
-        base, _ = _unwrap_optional(kind)
-        text = (f"{help_text} (default: {default})" if help_text else f"default: {default}").replace("%", "%%")
-        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
-        if base is bool:  # `--x` and `--x true|false|yes|no|1|0` and `--no-x`
-            parser.add_argument(*flags, dest=name, nargs="?", const=True, type=parse_bool, metavar="BOOL",
-                                default=argparse.SUPPRESS, help=text)
-            parser.add_argument(*[f"--no-{flag[2:]}" for flag in flags], dest=name, action="store_false",
-                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        elif typing.get_origin(base) in (list, tuple):
-            parser.add_argument(*flags, dest=name, nargs="+", default=argparse.SUPPRESS, help=text)
-        elif typing.get_origin(base) is typing.Literal:
-            parser.add_argument(*flags, dest=name, choices=typing.get_args(base), default=argparse.SUPPRESS, help=text)
-        else:
-            parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=text)
+    for name, kind, default, f in _leaf_fields(cls, prefix):
+        if name not in skip:
+            _add_flag(parser, name, kind, default, f.metadata)
+
+
+def _add_flag(parser: argparse.ArgumentParser, name: str, kind, default, metadata) -> None:
+    base, _ = _unwrap_optional(kind)
+    help_text = metadata.get("help", "")
+    text = (f"{help_text} (default: {default})" if help_text else f"default: {default}").replace("%", "%%")
+    flags = list(metadata.get("flags") or [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else []))
+    common = {"dest": name, "default": argparse.SUPPRESS, "help": text}
+    if metadata.get("metavar"):
+        common["metavar"] = metadata["metavar"]
+    if base is bool:  # `--x` and `--x true|false|yes|no|1|0` and `--no-x`
+        parser.add_argument(*flags, nargs="?", const=True, type=parse_bool, **{"metavar": "BOOL", **common})
+        parser.add_argument(*[f"--no-{flag[2:]}" for flag in flags], dest=name, action="store_false",
+                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    elif typing.get_origin(base) in (list, tuple):
+        parser.add_argument(*flags, **({"action": "append"} if metadata.get("repeat") else {"nargs": "+"}), **common)
+    elif typing.get_origin(base) is typing.Literal:
+        parser.add_argument(*flags, choices=typing.get_args(base), **common)
+    else:
+        parser.add_argument(*flags, **common)
 
 
 def parse_bool(text: str) -> bool:

@@ -25,14 +25,15 @@ log = logging.getLogger(__name__)
 
 
 def bench_device(config: BenchConfig, device: str = ""):
+    """The torch device of a run: `resolve_device`'s default (the one of chat, eval and serve)."""
     import torch
 
-    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from vlmforge.utils.device import resolve_device
+
+    name = resolve_device(device)
     if config.needs_cuda and not name.startswith("cuda"):
         raise ConfigError(f"bench config '{config.name}' needs a CUDA GPU (a 7B model does not train on a CPU); "
                           "on a CPU use --config small")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU")
     return torch.device(name)
 
 

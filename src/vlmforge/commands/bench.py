@@ -11,57 +11,80 @@
 
 from __future__ import annotations
 
-CONFIG_NAMES = ("tiny", "small", "7b-lora")
+import typing
+from dataclasses import dataclass
+from typing import Literal
+
+from vlmforge.bench.configs import CONFIGS  # the registries themselves (light imports: no torch)
+from vlmforge.bench.runner import BASELINES
+from vlmforge.config import option
+from vlmforge.train.recipe import TrainSection
+from vlmforge.utils.device import DEVICE_HELP
+
+CONFIG_NAMES = tuple(CONFIGS)
+PRECISIONS = typing.get_args(typing.get_type_hints(TrainSection)["precision"])  # train.precision's choices
+
+
+@dataclass
+class BenchCommandConfig:
+    config: Literal[CONFIG_NAMES] = option("small", "model and data shapes")
+    steps: int | None = option(None, "timed optimizer steps per side; unset: the config's", ge=1)
+    json: str = option("", "also write the full report as JSON", metavar="OUT")
+    baseline: Literal[BASELINES] | None = option(None, "what vlmforge is compared with: trl (TRL's SFTTrainer, the "
+                                                 "`bench` extra) or naive (a plain transformers + peft loop); "
+                                                 "unset: trl when installed, else naive")
+    breakdown: bool = option(False, "also time vlmforge with each speed lever switched off in turn (a few minutes more)")
+    generation: bool = option(True, "time generation too (--no-generation skips that phase)")
+    export_data: str = option("", "only write the config's model folder, data and shared settings to DIR (for "
+                                  "scripts/bench-llamafactory.sh); no measurement", metavar="DIR")
+    device: str = option("", DEVICE_HELP)
+    precision: Literal[PRECISIONS] = option("auto", "vlmforge side's precision (auto: bf16 autocast on a GPU, "
+                                                    "or a CPU with AMX)")
+    threads: int | None = option(None, "torch CPU threads; unset: torch's (1 on a CPU shared with other torch work)",
+                                 ge=1)
+    plan: str = option("", "only estimate RECIPE's GPU memory and recommend a batch size (no benchmark run)",
+                       metavar="RECIPE")
+    model: str = option("", "--plan: the model folder; empty: the recipe's model.path, else the shapes of --config",
+                        flags=("--model", "--model.path"))
+    gpu_gb: float = option(80.0, "--plan: GPU memory in GB", gt=0)
+    seq_len: int | None = option(None, "--plan: tokens per sequence; unset: data.max_length", ge=1)
+    work_dir: str = option("", "keep the data, models and runs here; empty: a temporary folder")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--config", choices=CONFIG_NAMES, default="small", help="model and data shapes (default: small)")
-    parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps per side (default: the config's)")
-    parser.add_argument("--json", metavar="OUT", default="", help="also write the full report as JSON")
-    parser.add_argument("--baseline", choices=("trl", "naive"), default="",
-                        help="what vlmforge is compared with: trl (TRL's SFTTrainer, the `bench` extra) or naive "
-                             "(a plain transformers + peft loop); default: trl when installed, else naive")
-    parser.add_argument("--breakdown", action="store_true",
-                        help="also time vlmforge with each speed lever switched off in turn (a few minutes more)")
-    parser.add_argument("--no-generation", action="store_true", help="skip the generation phase")
-    parser.add_argument("--export-data", metavar="DIR", default="",
-                        help="only write the config's model folder, data and shared settings to DIR (for "
-                             "scripts/bench-llamafactory.sh); no measurement")
-    parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when present)")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="vlmforge side's precision (default auto: bf16 autocast on a GPU, or a CPU with AMX)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's; 1 on a CPU shared with other torch work)")
-    parser.add_argument("--plan", metavar="RECIPE", default="",
-                        help="only estimate RECIPE's GPU memory and recommend a batch size (no benchmark run)")
-    parser.add_argument("--model", "--model.path", dest="model", default="", help="--plan: the model folder (default: the recipe's model.path, "
-                                                    "else the shapes of --config)")
-    parser.add_argument("--gpu-gb", type=float, default=80.0, help="--plan: GPU memory in GB (default 80)")
-    parser.add_argument("--seq-len", type=int, default=None, help="--plan: tokens per sequence (default: data.max_length)")
-    parser.add_argument("--work-dir", default="", help="keep the data, models and runs here (default: a temporary folder)")
+    from vlmforge.config import add_arguments as add_config_arguments
+
+    add_config_arguments(parser, BenchCommandConfig)
+
+
+def config_from_args(args) -> BenchCommandConfig:
+    from vlmforge.config import from_dict, overrides_from_args
+
+    return from_dict(BenchCommandConfig, overrides_from_args(args, BenchCommandConfig))
 
 
 def run(args) -> int:
     import json
     from pathlib import Path
 
-    if args.plan:
-        return _plan(args)
-    if args.export_data:
-        return _export(args)
+    config = config_from_args(args)
+    if config.plan:
+        return _plan(config)
+    if config.export_data:
+        return _export(config)
     from vlmforge.bench.report import format_report
     from vlmforge.bench.runner import default_baseline, run_bench
 
-    baseline = args.baseline or default_baseline()
-    if not args.baseline and baseline == "naive":
+    baseline = config.baseline or default_baseline()
+    if not config.baseline and baseline == "naive":
         print("note: TRL is not installed (pip install -e '.[bench]'): comparing with the naive loop")
-    report = run_bench(args.config, steps=args.steps, device=args.device, work_dir=args.work_dir or None,
-                       precision=args.precision, threads=args.threads, baseline=baseline, breakdown=args.breakdown,
-                       inference=not args.no_generation, progress=_progress_bar)
+    report = run_bench(config.config, steps=config.steps, device=config.device, work_dir=config.work_dir or None,
+                       precision=config.precision, threads=config.threads, baseline=baseline,
+                       breakdown=config.breakdown, inference=config.generation, progress=_progress_bar)
     print(format_report(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"report written to {args.json}")
+    if config.json:
+        Path(config.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"report written to {config.json}")
     return 0
 
 
@@ -72,17 +95,17 @@ def _progress_bar(phase: str, total: int):
     return tqdm(total=total, desc=phase, unit="step", leave=False, dynamic_ncols=True)
 
 
-def _export(args) -> int:
+def _export(config: BenchCommandConfig) -> int:
     from vlmforge.bench.runner import export_bench
 
-    folder = export_bench(args.config, args.export_data, steps=args.steps, precision=args.precision)
+    folder = export_bench(config.config, config.export_data, steps=config.steps, precision=config.precision)
     print(f"model, data and settings written to {folder} (settings: {folder / 'settings.json'})")
     return 0
 
 
-def _plan(args) -> int:
+def _plan(config: BenchCommandConfig) -> int:
     from vlmforge.bench.plan import format_plan, plan_recipe
 
-    result, title = plan_recipe(args.plan, args.gpu_gb, args.model, args.config, args.seq_len)
+    result, title = plan_recipe(config.plan, config.gpu_gb, config.model, config.config, config.seq_len)
     print(format_plan(result, title))
     return 0

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 
 from vlmforge.config import option
+from vlmforge.utils.device import DEVICE_HELP
 
 REPL_HELP = "commands: /image PATH (attach an image to the next question), /reset, /quit"
 
@@ -30,7 +31,7 @@ class ChatConfig:
     top_p: float = option(1.0, "nucleus sampling threshold", gt=0, le=1)
     seed: int | None = option(None, "random seed for sampling", ge=0, le=2**64 - 1)
     dtype: str = option("", "load the model in this dtype (float32, bfloat16); default: as saved")
-    device: str = option("", "cpu, cuda, cuda:1, ...; default: cuda when available")
+    device: str = option("", DEVICE_HELP)
 
 
 def add_arguments(parser) -> None:
@@ -64,14 +65,12 @@ def _check_inputs(config: ChatConfig) -> list:
 
 
 def _load(config: ChatConfig):
-    import torch
-
     from vlmforge.infer.chat import sampling_temperature
     from vlmforge.infer.generate import GenerationOptions
     from vlmforge.model.load import load
+    from vlmforge.utils.device import resolve_device
 
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, processor = load(config.model, dtype=config.dtype or None, device=device)
+    model, processor = load(config.model, dtype=config.dtype or None, device=resolve_device(config.device))
     options = GenerationOptions(max_new_tokens=config.max_new_tokens, top_p=config.top_p, seed=config.seed,
                                 temperature=sampling_temperature(config.temperature))
     return model, processor, options

@@ -7,21 +7,46 @@ the source folder is imported; `vlmforge build --llm SRC` does the same conversi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
+from vlmforge.config import option
+
 KINDS = {"qwen1": "first-generation Qwen (Qwen-7B, Qwen-7B-Chat: model type 'qwen', qwen.tiktoken)"}
+KIND_NAMES = tuple(KINDS)
+
+
+@dataclass
+class ConvertLlmConfig:
+    kind: Literal[KIND_NAMES] = option("qwen1", "; ".join(f"{k}: {v}" for k, v in KINDS.items()))
+    source: str = option("", "the original model folder (config.json, qwen.tiktoken, weight shards)")
+    out: str = option("", "folder to write the native model to (replaced atomically; required)", metavar="DIR")
+
+    def validate(self) -> None:
+        from vlmforge.errors import ConfigError
+
+        if not self.out:
+            raise ConfigError("vlmforge convert-llm needs --out DIR (the folder to write the native model to)")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("kind", choices=list(KINDS), help="; ".join(f"{k}: {v}" for k, v in KINDS.items()))
-    parser.add_argument("source", help="the original model folder (config.json, qwen.tiktoken, weight shards)")
-    parser.add_argument("--out", required=True, help="folder to write the native model to (replaced atomically)")
+    from vlmforge.config import add_arguments as add_config_arguments
+    from vlmforge.config import field_help
+
+    parser.add_argument("kind", choices=KIND_NAMES, help=field_help(ConvertLlmConfig, "kind"))
+    parser.add_argument("source", help=field_help(ConvertLlmConfig, "source"))
+    add_config_arguments(parser, ConvertLlmConfig, skip=("kind", "source"))
 
 
 def run(args) -> int:
+    from vlmforge.config import from_dict, overrides_from_args
     from vlmforge.model.qwen1 import convert_qwen1
 
-    report = convert_qwen1(args.source, args.out)
+    config = from_dict(ConvertLlmConfig, overrides_from_args(args, ConvertLlmConfig))
+    config.validate()
+    report = convert_qwen1(config.source, config.out)
     kind = "chat" if report.chat else "base"
     dropped = f"; {len(report.dropped)} dropped feature(s) in conversion_report.json" if report.dropped else ""
-    print(f"wrote {args.out}: Qwen2 ({kind} model, ChatML template), {report.tensors} tensors in "
+    print(f"wrote {config.out}: Qwen2 ({kind} model, ChatML template), {report.tensors} tensors in "
           f"{report.shards} shard(s){dropped}")
     return 0

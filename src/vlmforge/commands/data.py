@@ -12,95 +12,146 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-FORMATS = ("llava", "llava-pretrain", "coco", "aic", "sharegpt")  # vlmforge.data.convert.FORMATS, without importing it
+from vlmforge.config import option
+from vlmforge.data.convert import FORMATS  # the converters' registry itself (a light import: no torch)
+
+REPORT_HELP = "also write the full report as JSON"
+ROOT_HELP = "join image paths to this folder (repeatable; the first that holds the file wins)"
+
+
+@dataclass
+class DataConvertConfig:
+    inputs: list[str] = option(help="source file(s) of the format", factory=list)
+    fmt: Literal[FORMATS] | None = option(None, "source format (required)", flags=("--from",))
+    out: str = option("", "output JSONL file (required)")
+    image_root: list[str] = option(help=ROOT_HELP, factory=list, metavar="DIR", repeat=True)
+    check_images: bool = option(False, "leave out (and report) records whose image files are missing")
+    prompts: str | None = option(None, "caption prompts, one per line (coco/aic); unset: the shipped set",
+                                 metavar="FILE")
+    seed: int = option(0, "seed of the per-record prompt choice")
+    source: str | None = option(None, "source name written into records; unset: the input file name stem")
+    normalize_placeholders: bool = option(True, "move <image> before/after the question to '<image>\\n' + question")
+    json: str | None = option(None, REPORT_HELP, metavar="REPORT")
+
+    def validate(self) -> None:
+        _require(self.fmt, f"--from FORMAT (one of {', '.join(FORMATS)})", "convert")
+        _require(self.out, "--out OUT.jsonl", "convert")
+
+
+@dataclass
+class DataCheckConfig:
+    inputs: list[str] = option(help="canonical JSONL file(s)", factory=list)
+    image_root: list[str] = option(help="folder(s) relative image paths are under (repeatable); unset: the JSONL "
+                                        "file's folder", factory=list, metavar="DIR", repeat=True)
+    model: str | None = option(None, "VLM folder: measure token lengths with its template and processor",
+                               metavar="MODEL_DIR")
+    max_length: int | None = option(None, "report records longer than this many tokens (needs --model)", ge=1)
+    max_pixels: int | None = option(None, "largest image accepted, in pixels; unset: the image loader's limit", ge=1)
+    images: bool = option(True, "decode every image")
+    workers: int = option(4, "threads decoding images", ge=1)
+    json: str | None = option(None, "write the machine-readable report here", metavar="REPORT")
+
+
+@dataclass
+class DataSynthConfig:
+    out: str = option("", "output folder (required)", metavar="DIR")
+    seed: int = option(0, "seed of the scenes and questions")
+    num_train: int | None = option(None, "training records; unset: the library's", ge=0)
+    num_val: int | None = option(None, "validation records; unset: the library's", ge=0)
+    num_test: int | None = option(None, "test records; unset: the library's", ge=0)
+    image_size: int | None = option(None, "image side in pixels; unset: the library's", ge=1)
+    referents: str | None = option(None, "what questions name their object by, comma-separated from "
+                                         "shape,colour,position; unset: all three (the demo uses shape,colour)",
+                                   metavar="LIST")
+
+    def validate(self) -> None:
+        _require(self.out, "--out DIR", "synth")
+
+
+def _require(value, flag: str, action: str) -> None:
+    """A flag without which the action cannot run: one line naming it (exit 2)."""
+    from vlmforge.errors import ConfigError
+
+    if not value:
+        raise ConfigError(f"vlmforge data {action} needs {flag}")
+
+
+# action -> (config, help, positional inputs' metavar or None)
+ACTIONS = {
+    "convert": (DataConvertConfig, "convert a public dataset format to vlmforge JSONL", "INPUT"),
+    "check": (DataCheckConfig, "report problems and statistics of JSONL data", "DATA.jsonl"),
+    "synth": (DataSynthConfig, "write the synthetic shapes dataset of the demo", None),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vlmforge.config import add_arguments as add_config_arguments
+    from vlmforge.config import field_help
+
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    _add_convert(actions.add_parser("convert", help="convert a public dataset format to vlmforge JSONL"))
-    _add_check(actions.add_parser("check", help="report problems and statistics of JSONL data"))
-    _add_synth(actions.add_parser("synth", help="write the synthetic shapes dataset of the demo"))
+    for name, (config_class, help_text, inputs) in ACTIONS.items():
+        action = actions.add_parser(name, help=help_text, description=help_text)
+        if inputs:
+            action.add_argument("inputs", nargs="+", metavar=inputs, help=field_help(config_class, "inputs"))
+        add_config_arguments(action, config_class, skip=("inputs",))
 
 
-def _add_convert(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="source file(s) of the format")
-    parser.add_argument("--from", dest="fmt", required=True, choices=FORMATS, help="source format")
-    parser.add_argument("--out", required=True, help="output JSONL file")
-    parser.add_argument("--image-root", action="append", default=[], metavar="DIR",
-                        help="join image paths to this folder (repeatable; the first that holds the file wins)")
-    parser.add_argument("--check-images", action="store_true", help="leave out (and report) records whose image files are missing")
-    parser.add_argument("--prompts", metavar="FILE", help="caption prompts, one per line (coco/aic; default: shipped set)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the per-record prompt choice")
-    parser.add_argument("--source", help="source name written into records (default: input file name stem)")
-    parser.add_argument("--normalize-placeholders", action=argparse.BooleanOptionalAction, default=True,
-                        help="move <image> before/after the question to '<image>\\n' + question (default: on)")
-    parser.add_argument("--json", metavar="REPORT", help="also write the full report as JSON")
+def config_from_args(args: argparse.Namespace):
+    """The action's config from the parsed flags: types and ranges checked, then `validate()` where it has one."""
+    from vlmforge.config import from_dict, overrides_from_args
 
-
-def _add_check(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="DATA.jsonl", help="canonical JSONL file(s)")
-    parser.add_argument("--image-root", action="append", default=[], metavar="DIR",
-                        help="folder(s) relative image paths are under (default: the JSONL file's folder)")
-    parser.add_argument("--model", metavar="MODEL_DIR", help="VLM folder: measure token lengths with its template and processor")
-    parser.add_argument("--max-length", type=int, help="report records longer than this many tokens (needs --model)")
-    parser.add_argument("--max-pixels", type=int, default=None, help="largest image accepted, in pixels")
-    parser.add_argument("--images", action=argparse.BooleanOptionalAction, default=True, help="decode every image (default: on)")
-    parser.add_argument("--workers", type=int, default=4, help="threads decoding images")
-    parser.add_argument("--json", metavar="REPORT", help="write the machine-readable report here")
-
-
-def _add_synth(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-train", type=int, help="training records (default: the library's)")
-    parser.add_argument("--num-val", type=int, help="validation records")
-    parser.add_argument("--num-test", type=int, help="test records")
-    parser.add_argument("--image-size", type=int, help="image side in pixels")
-    parser.add_argument("--referents", metavar="LIST",
-                        help="what questions name their object by, comma-separated from shape,colour,position "
-                             "(default: all three; the demo uses shape,colour)")
+    config_class = ACTIONS[args.data_command][0]
+    config = from_dict(config_class, overrides_from_args(args, config_class))
+    if hasattr(config, "validate"):
+        config.validate()
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
     handlers = {"convert": _run_convert, "check": _run_check, "synth": _run_synth}
-    return handlers[args.data_command](args)
+    return handlers[args.data_command](config_from_args(args))
 
 
-def _run_convert(args: argparse.Namespace) -> int:
+def _run_convert(config: DataConvertConfig) -> int:
     from vlmforge.data.convert import ConvertOptions, convert_files, format_convert_report
 
-    _check_report_path(args.json)
-    options = ConvertOptions(image_roots=args.image_root, check_images=args.check_images, prompts_file=args.prompts,
-                             seed=args.seed, source=args.source, normalize_placeholders=args.normalize_placeholders)
-    report = convert_files(args.fmt, args.inputs, args.out, options)
+    _check_report_path(config.json)
+    options = ConvertOptions(image_roots=config.image_root, check_images=config.check_images,
+                             prompts_file=config.prompts, seed=config.seed, source=config.source,
+                             normalize_placeholders=config.normalize_placeholders)
+    report = convert_files(config.fmt, config.inputs, config.out, options)
     print(format_convert_report(report))
-    _write_json(args.json, report.to_dict())
+    _write_json(config.json, report.to_dict())
     return 1 if report.problems else 0
 
 
-def _run_check(args: argparse.Namespace) -> int:
+def _run_check(config: DataCheckConfig) -> int:
     from vlmforge.data.check import CheckOptions, check_files, format_check_report
     from vlmforge.data.images import DEFAULT_MAX_PIXELS
 
-    _check_report_path(args.json)
-    options = CheckOptions(image_roots=args.image_root, model_dir=args.model, max_length=args.max_length,
-                           max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, check_images=args.images, workers=args.workers)
-    report = check_files(args.inputs, options)
+    _check_report_path(config.json)
+    options = CheckOptions(image_roots=config.image_root, model_dir=config.model, max_length=config.max_length,
+                           max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS, check_images=config.images,
+                           workers=config.workers)
+    report = check_files(config.inputs, options)
     print(format_check_report(report))
-    _write_json(args.json, report.to_dict())
+    _write_json(config.json, report.to_dict())
     return 0 if report.ok else 1
 
 
-def _run_synth(args: argparse.Namespace) -> int:
+def _run_synth(config: DataSynthConfig) -> int:
     from vlmforge.data.synth import write_synthetic_dataset
 
-    sizes = {"num_train": args.num_train, "num_val": args.num_val, "num_test": args.num_test, "image_size": args.image_size}
+    sizes = {"num_train": config.num_train, "num_val": config.num_val, "num_test": config.num_test,
+             "image_size": config.image_size}
     options = {key: value for key, value in sizes.items() if value is not None}
-    if args.referents:
-        options["referents"] = tuple(name.strip() for name in args.referents.split(",") if name.strip())
-    summary = write_synthetic_dataset(args.out, seed=args.seed, **options)
+    if config.referents:
+        options["referents"] = tuple(name.strip() for name in config.referents.split(",") if name.strip())
+    summary = write_synthetic_dataset(config.out, seed=config.seed, **options)
     print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
     return 0
 

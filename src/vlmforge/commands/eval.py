@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from vlmforge.config import option
+from vlmforge.eval.scoring import TASKS  # the registries themselves (light imports: no torch)
+from vlmforge.eval.text import LANGUAGES
+from vlmforge.utils.device import DEVICE_HELP
 
 SCORE_MODE = "score"
 DEFAULT_OUT = "eval"
@@ -32,11 +35,11 @@ class EvalConfig:
     image_root: list[str] = option(help="model mode: folders relative image paths are joined to; empty: the data file's",
                                    factory=list)
     dtype: str = option("", "model mode: load the model in this dtype (float32, bfloat16); empty: as saved")
-    device: str = option("", "model mode: cpu, cuda, cuda:1, ...; empty: cuda when available")
+    device: str = option("", f"model mode: {DEVICE_HELP}")
     pred: str = option("", "score mode: predictions JSONL, one {\"id\": ..., \"prediction\": \"...\"} per line")
     ref: str = option("", "score mode: reference records JSONL (vlmforge record format)")
-    task: Literal["auto", "caption", "vqa"] = option("auto", "caption or vqa; auto: detect from the references")
-    lang: Literal["en", "zh"] | None = option(None, "force the language; unset: detect per record")
+    task: Literal[TASKS] = option("auto", "caption or vqa; auto: detect from the references")
+    lang: Literal[LANGUAGES] | None = option(None, "force the language; unset: detect per record")
     java_metrics: bool = option(True, "also compute METEOR and SPICE when Java and pycocoevalcap are available")
 
 
@@ -109,9 +112,7 @@ def _evaluate(model_dir: str, config: EvalConfig) -> int:
 
 
 def _load(model_dir: str, config: EvalConfig):
-    import torch
-
     from vlmforge.model.load import load
+    from vlmforge.utils.device import resolve_device
 
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load(model_dir, dtype=config.dtype or None, device=device)
+    return load(model_dir, dtype=config.dtype or None, device=resolve_device(config.device))

@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from vlmforge.config import option
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str = option("", "a checkpoint folder (e.g. runs/my/checkpoint-latest)")
+    out: str = option("", "folder to write the merged model to (required)", metavar="DIR")
+
+    def validate(self) -> None:
+        from vlmforge.errors import ConfigError
+
+        if not self.out:
+            raise ConfigError("vlmforge export needs --out DIR (the folder to write the merged model to)")
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint folder (e.g. runs/my/checkpoint-latest)")
-    parser.add_argument("--out", required=True, help="folder to write the merged model to")
+    from vlmforge.config import add_arguments as add_config_arguments
+    from vlmforge.config import field_help
+
+    parser.add_argument("checkpoint", help=field_help(ExportConfig, "checkpoint"))
+    add_config_arguments(parser, ExportConfig, skip=("checkpoint",))
 
 
 def run(args) -> int:
+    from vlmforge.config import from_dict, overrides_from_args
     from vlmforge.train.export import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.out)
+    config = from_dict(ExportConfig, overrides_from_args(args, ExportConfig))
+    config.validate()
+    out = export_checkpoint(config.checkpoint, config.out)
     print(f"wrote {out}")
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlmforge.config import option
+from vlmforge.utils.device import DEVICE_HELP
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -20,7 +21,7 @@ class ServeConfig:
     api_key: str | None = option(None, "require this Bearer token on /v1 (default: env VLMFORGE_API_KEY, else none)")
     served_model_name: str | None = option(None, "model id shown by /v1/models (default: the folder name)")
     dtype: str | None = option(None, "torch dtype to load the weights in, e.g. bfloat16 (default: as saved)")
-    device: str | None = option(None, "device to run on, e.g. cuda (default: cpu)")
+    device: str | None = option(None, DEVICE_HELP)
     web: bool = option(True, "serve the chat page at /")
     cors_origins: list[str] = option(help="origins whose web pages may call the API (CORS), e.g. https://app.example.com, "
                                           "or * for any; default: none (same-origin only)", factory=list)

@@ -54,9 +54,10 @@ PAGE_SECURITY_HEADERS = {
 def serve(config: ServeConfig) -> None:
     """Load the model and serve it until interrupted."""
     from vlmforge.model.load import load
+    from vlmforge.utils.device import resolve_device
 
     config.validate()
-    model, processor = load(config.model, dtype=config.dtype, device=config.device)
+    model, processor = load(config.model, dtype=config.dtype, device=resolve_device(config.device))
     if config.host not in LOOPBACK_HOSTS and not config.api_key:
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", config.host)
     logger.info("serving %s at http://%s:%d (chat page at /)", config.model_name(), config.host, config.port)
