@@ -15,7 +15,7 @@ from vlmforge.data.synth_language import COUNT_WORDS, POSITION_NAMES, describe_s
 from vlmforge.data.synth_scenes import COLOUR_BY_NAME, COLOURS, SHAPES, cell_box, scene_key
 from vlmforge.errors import ConfigError
 
-SMALL = {"num_train": 240, "num_val": 24, "num_test": 80}
+SMALL = {"num_train": 240, "num_val": 24, "num_test": 96}
 
 
 def read_jsonl(path):
@@ -39,7 +39,7 @@ def test_records_pass_validation(dataset):
 
 def test_summary_counts_and_files(dataset):
     out_dir, summary, splits = dataset
-    assert summary["counts"] == {"train": 240, "val": 24, "test": 80, "captions": 240}
+    assert summary["counts"] == {"train": 240, "val": 24, "test": 96, "captions": 240}
     assert {name: len(records) for name, records in splits.items()} == summary["counts"]
     assert len(list((out_dir / "images" / "train").glob("*.png"))) == 240
     for records in splits.values():
@@ -77,26 +77,40 @@ def test_objects_in_a_scene_are_unambiguous(dataset):
 def test_both_languages_and_all_question_types(dataset):
     _, _, splits = dataset
     test_buckets = Counter((record["type"], record["lang"]) for record in splits["test"])
-    assert len(test_buckets) == 8 and set(test_buckets.values()) == {10}  # balanced test split
+    assert len(test_buckets) == 12 and set(test_buckets.values()) == {8}  # 5 types + follow_up, balanced
     assert {record["lang"] for record in splits["train"]} == {"en", "zh"}
     assert {record["lang"] for record in splits["captions"]} == {"en", "zh"}
     assert any(len(record["messages"]) > 2 for record in splits["train"])  # multi-turn conversations
-    assert all(len(record["messages"]) == 2 for record in splits["test"])
+    for record in splits["test"]:
+        assert len(record["messages"]) == (4 if record["type"] == "follow_up" else 2)
+
+
+def test_follow_ups_ask_every_type_as_the_second_turn(dataset):
+    _, _, splits = dataset
+    follow_ups = [record for record in splits["test"] if record["type"] == "follow_up"]
+    turn_types = [record["meta"]["turn_types"] for record in follow_ups]
+    assert all(len(types) == 2 and types[0] != types[1] for types in turn_types)
+    assert {types[1] for types in turn_types} == {"colour", "shape", "position", "count", "by_position"}
+    assert all(IMAGE_PLACEHOLDER not in record["messages"][2]["content"] for record in follow_ups)
 
 
 def test_answers_are_canonical_and_match_the_scene(dataset):
     _, _, splits = dataset
     for record in splits["test"]:
-        answer, lang, objects = record["messages"][1]["content"], record["lang"], record["meta"]["objects"]
-        if record["type"] == "count":
+        answer, lang, objects = record["messages"][-1]["content"], record["lang"], record["meta"]["objects"]
+        colours = {obj["colour"] if lang == "en" else COLOUR_BY_NAME[obj["colour"]].zh for obj in objects}
+        shapes = {obj["shape"] if lang == "en" else {s.name: s.zh for s in SHAPES}[obj["shape"]] for obj in objects}
+        qtype = record["meta"]["turn_types"][-1]
+        if qtype == "count":
             assert answer == COUNT_WORDS[lang][len(objects) - 1]
-        elif record["type"] == "position":
+        elif qtype == "position":
             assert answer in {POSITION_NAMES[lang][obj["row"]][obj["col"]] for obj in objects}
-        elif record["type"] == "colour":
-            assert answer in {obj["colour"] if lang == "en" else COLOUR_BY_NAME[obj["colour"]].zh for obj in objects}
+        elif qtype == "colour":
+            assert answer in colours
+        elif qtype == "shape":
+            assert answer in shapes
         else:
-            names = {obj["shape"] if lang == "en" else {s.name: s.zh for s in SHAPES}[obj["shape"]] for obj in objects}
-            assert answer in names
+            assert qtype == "by_position" and answer in colours | shapes
 
 
 def test_question_names_the_object_in_en_and_zh(dataset):
@@ -179,16 +193,19 @@ def test_referents_choose_how_questions_name_their_object(tmp_path):
     questions = [m["content"] for r in records for m in r["messages"] if m["role"] == "user"]
     assert not [q for q in questions if any(name in q for name in position_names)]
     types = Counter(t for r in records for t in r["meta"]["turn_types"])
-    assert set(types) == {"colour", "shape", "position", "count"}
+    assert set(types) == {"colour", "shape", "position", "count"}  # no by_position without the referent
 
 
 def test_all_referents_by_default(dataset):
     _, summary, splits = dataset
     assert summary["referents"] == ["shape", "colour", "position"]
     position_names = [name for lang in POSITION_NAMES.values() for row in lang for name in row]
-    colour_questions = [r["messages"][0]["content"] for r in splits["train"] if r["type"] == "colour"]
-    named_by_cell = [q for q in colour_questions if any(name in q for name in position_names)]
-    assert 0 < len(named_by_cell) < len(colour_questions)
+    def named_by_cell(question):
+        return any(name in question for name in position_names)
+
+    first_questions = [(r["type"], r["messages"][0]["content"]) for r in splits["train"]]
+    assert all(named_by_cell(q) == (qtype == "by_position") for qtype, q in first_questions if qtype != "position")
+    assert any(qtype == "by_position" for qtype, _ in first_questions)
 
 
 def test_bad_referents_raise_config_error(tmp_path):

@@ -10,16 +10,7 @@ import os
 import platform
 import time
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from vlmforge.utils.machine import cpu_model
 
 
 def bf16_supported(device) -> bool:

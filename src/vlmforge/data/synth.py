@@ -5,7 +5,8 @@
 
 Layout of `out_dir` (record image paths are relative to it):
 
-    train.jsonl, val.jsonl, test.jsonl   question/answer records, types colour | shape | position | count
+    train.jsonl, val.jsonl, test.jsonl   question/answer records, types colour | shape | position | count |
+                                         by_position (when "position" is a referent) | follow_up (val/test)
     captions.jsonl                       one caption record (type caption) per train scene, same images:
                                          the data of the projector alignment stage
     images/{train,val,test}/000001.png
@@ -13,9 +14,12 @@ Layout of `out_dir` (record image paths are relative to it):
 A record: {"id", "source": "synth", "images": ["images/train/000001.png"], "messages": [user, assistant, …],
 "type", "lang", "meta": {"objects": [{"shape", "colour", "row", "col"}], "turn_types": [...]}}.
 Only the first user turn holds the `<image>` placeholder, before or after the question
-(`question_position`). `type` is the type of the first question; `meta.turn_types` lists every turn's.
-Multi-turn conversations appear in train only, so val/test score one question per record; test
-records cycle through every (type, language) pair, so each is equally represented.
+(`question_position`). `type` is the type of the first question (`follow_up` for a held-out follow-up);
+`meta.turn_types` lists every turn's.
+Val/test score one question per record: the last one. Their records cycle through every (type,
+language) pair, so each is equally represented, and type `follow_up`: a two-turn conversation whose
+second question (the scored one, of any type in turn) comes after the first answer, the way a user
+asks on about an image in a chat. Train has multi-turn conversations in `multi_turn_fraction`.
 
 Held-out scenes: the space of scenes is split by a stable hash into a train part (80 %), a val part
 and a test part (10 % each), so no val/test scene is a copy of a train scene (one-object scenes,
@@ -35,10 +39,11 @@ from vlmforge.data.records import write_records
 from vlmforge.data.synth_language import (
     CAPTION_PROMPTS,
     LANGUAGES,
+    FOLLOW_UP,
     QUESTION_TYPES,
     REFERENTS,
-    allowed_referents,
     ask,
+    askable_types,
     describe_scene,
 )
 from vlmforge.data.synth_scenes import (
@@ -120,8 +125,8 @@ def _checked_referents(referents) -> tuple[str, ...]:
     unknown = sorted(set(referents) - set(REFERENTS))
     if unknown:
         raise ConfigError(f"unknown referents {unknown}; choose from {list(REFERENTS)}")
-    for qtype in QUESTION_TYPES:
-        if not allowed_referents(qtype, referents):
+    for qtype in QUESTION_TYPES[:4]:  # by_position is there only when "position" is a referent
+        if qtype not in askable_types(referents):
             raise ConfigError(f"referents {list(referents)} leave no way to ask a {qtype} question")
     return referents
 
@@ -134,11 +139,16 @@ def _make_split(out_dir: Path, split: str, count: int, rng: random.Random, optio
         scene = _sample_scene_in_split(rng, split)
         relative_path = f"images/{split}/{index + 1:06d}.png"
         render_scene(scene, options["image_size"], rng).save(out_dir / relative_path)
-        qtype, lang = _pick_type_and_language(split, index, rng, options["zh_fraction"])
-        num_turns = rng.randint(2, 3) if rng.random() < turn_fraction else 1
-        turns = _conversation_turns(scene, qtype, lang, num_turns, rng, options["referents"])
+        types = askable_types(options["referents"])
+        qtype, lang = _pick_type_and_language(split, index, rng, options["zh_fraction"], types)
+        if qtype == FOLLOW_UP:
+            turns = _follow_up_turns(scene, types[(index // (2 * len(types) + 2)) % len(types)], lang, rng, types,
+                                     options["referents"])
+        else:
+            num_turns = rng.randint(2, 3) if rng.random() < turn_fraction else 1
+            turns = _conversation_turns(scene, qtype, lang, num_turns, rng, options["referents"], types)
         record_id = f"synth-{split}-{index + 1:06d}"
-        records.append(_record(record_id, relative_path, scene, turns, lang, options["question_position"]))
+        records.append(_record(record_id, relative_path, scene, turns, qtype, lang, options["question_position"]))
     return records
 
 
@@ -150,26 +160,36 @@ def _sample_scene_in_split(rng: random.Random, split: str) -> Scene:
             return scene
 
 
-def _pick_type_and_language(split: str, index: int, rng: random.Random, zh_fraction: float) -> tuple[str, str]:
-    if split == "test":  # cycle through every (type, language) pair so the test set is balanced
-        qtype = QUESTION_TYPES[index % len(QUESTION_TYPES)]
-        return qtype, LANGUAGES[(index // len(QUESTION_TYPES)) % len(LANGUAGES)]
-    return rng.choice(QUESTION_TYPES), ("zh" if rng.random() < zh_fraction else "en")
+def _pick_type_and_language(split: str, index: int, rng: random.Random, zh_fraction: float,
+                            types: tuple[str, ...]) -> tuple[str, str]:
+    if split != "train":  # cycle through every (type, language) pair so the held-out sets are balanced
+        kinds = (*types, FOLLOW_UP)
+        return kinds[index % len(kinds)], LANGUAGES[(index // len(kinds)) % len(LANGUAGES)]
+    return rng.choice(types), ("zh" if rng.random() < zh_fraction else "en")
+
+
+def _follow_up_turns(scene: Scene, scored_type: str, lang: str, rng: random.Random, types: tuple[str, ...],
+                     referents: tuple[str, ...]):
+    """A first question of another type, then the scored one of `scored_type`."""
+    first_type = rng.choice([qtype for qtype in types if qtype != scored_type])
+    return [(first_type, *ask(first_type, scene, lang, rng, referents)),
+            (scored_type, *ask(scored_type, scene, lang, rng, referents))]
 
 
 def _conversation_turns(scene: Scene, first_type: str, lang: str, num_turns: int, rng: random.Random,
-                        referents: tuple[str, ...] = REFERENTS):
+                        referents: tuple[str, ...], types: tuple[str, ...]):
     """`num_turns` (type, question, answer) triples with distinct questions; the first is of `first_type`."""
     turns = [(first_type, *ask(first_type, scene, lang, rng, referents))]
     while len(turns) < num_turns:
-        qtype = rng.choice(QUESTION_TYPES)
+        qtype = rng.choice(types)
         question, answer = ask(qtype, scene, lang, rng, referents)
         if all(question != asked for _, asked, _ in turns):
             turns.append((qtype, question, answer))
     return turns
 
 
-def _record(record_id: str, image_path: str, scene: Scene, turns: list, lang: str, question_position: str) -> dict:
+def _record(record_id: str, image_path: str, scene: Scene, turns: list, record_type: str, lang: str,
+            question_position: str) -> dict:
     messages = []
     for turn_index, (_, question, answer) in enumerate(turns):
         content = _with_image(question, question_position) if turn_index == 0 else question
@@ -179,7 +199,7 @@ def _record(record_id: str, image_path: str, scene: Scene, turns: list, lang: st
         "source": "synth",
         "images": [image_path],
         "messages": messages,
-        "type": turns[0][0],
+        "type": record_type,
         "lang": lang,
         "meta": {"objects": [obj.to_meta() for obj in scene], "turn_types": [qtype for qtype, _, _ in turns]},
     }

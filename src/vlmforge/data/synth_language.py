@@ -3,6 +3,9 @@
 Answers are short and canonical ("red", "bottom right", "two"; 红色, 右下, 两个) so exact match
 scores them. Every question names its object by an attribute that is unique in the scene (shape,
 colour or cell), so it has exactly one right answer, and the text alone says nothing about it.
+A question's type is what it asks (colour, shape, position, count), except that questions naming
+their object by its cell ("What color is the shape at the bottom right?") are `by_position`: they
+need the spatial reading of a named cell, a skill of its own.
 Captions name every cell of the grid in a fixed order, row by row:
 "top left: a red circle; top middle: nothing; …" / "左上：红色圆形；上中：无；…".
 """
@@ -14,7 +17,8 @@ import random
 from vlmforge.data.synth_scenes import COLOUR_BY_NAME, GRID_SIZE, SHAPE_BY_NAME, Scene, SceneObject
 
 LANGUAGES = ("en", "zh")
-QUESTION_TYPES = ("colour", "shape", "position", "count")
+QUESTION_TYPES = ("colour", "shape", "position", "count", "by_position")
+FOLLOW_UP = "follow_up"  # held-out records whose scored question is a second turn about the same image
 REFERENTS = ("shape", "colour", "position")  # what a question may name its object by
 
 POSITION_NAMES = {
@@ -27,7 +31,7 @@ POSITION_NAMES = {
 }
 COUNT_WORDS = {"en": ("one", "two", "three"), "zh": ("一个", "两个", "三个")}
 
-# (question type, object referent) → template per language; None referent: about the whole scene.
+# (what is asked, object referent) → template per language; None referent: about the whole scene.
 QUESTION_TEMPLATES = {
     ("colour", "shape"): {"en": "What color is the {shape}?", "zh": "{shape}是什么颜色？"},
     ("colour", "position"): {"en": "What color is the shape at the {position}?", "zh": "{position}的形状是什么颜色？"},
@@ -54,33 +58,44 @@ def position_word(row: int, col: int, lang: str) -> str:
     return POSITION_NAMES[lang][row][col]
 
 
-def answer_for(question_type: str, scene: Scene, obj: SceneObject | None, lang: str) -> str:
-    """The canonical short answer to a question of `question_type` about `obj` (or the whole scene)."""
-    if question_type == "colour":
+def answer_for(asked: str, scene: Scene, obj: SceneObject | None, lang: str) -> str:
+    """The canonical short answer when `asked` (colour, shape, position, count) of `obj` (or the whole scene)."""
+    if asked == "colour":
         return colour_word(obj.colour, lang)
-    if question_type == "shape":
+    if asked == "shape":
         return shape_word(obj.shape, lang)
-    if question_type == "position":
+    if asked == "position":
         return position_word(obj.row, obj.col, lang)
-    if question_type == "count":
+    if asked == "count":
         return COUNT_WORDS[lang][len(scene) - 1]
-    raise ValueError(f"unknown question type {question_type!r}")
+    raise ValueError(f"unknown attribute {asked!r}")
 
 
-def allowed_referents(question_type: str, referents: tuple[str, ...] = REFERENTS) -> list[str | None]:
-    """The templates' referents for `question_type` that `referents` permits (None: about the whole scene)."""
-    return [ref for (qtype, ref) in QUESTION_TEMPLATES if qtype == question_type and ref in (None, *referents)]
+def question_type(asked: str, referent: str | None) -> str:
+    """The type of a question that asks `asked` about the object named by `referent`."""
+    return "by_position" if referent == "position" else asked
 
 
-def ask(question_type: str, scene: Scene, lang: str, rng: random.Random,
+def templates_for(qtype: str, referents: tuple[str, ...] = REFERENTS) -> list[tuple[str, str | None]]:
+    """The (asked, referent) templates of question type `qtype` that `referents` permits."""
+    return [(asked, referent) for asked, referent in QUESTION_TEMPLATES
+            if question_type(asked, referent) == qtype and referent in (None, *referents)]
+
+
+def askable_types(referents: tuple[str, ...] = REFERENTS) -> tuple[str, ...]:
+    """The question types `referents` leave a way to ask (`by_position` needs the "position" referent)."""
+    return tuple(qtype for qtype in QUESTION_TYPES if templates_for(qtype, referents))
+
+
+def ask(qtype: str, scene: Scene, lang: str, rng: random.Random,
         referents: tuple[str, ...] = REFERENTS) -> tuple[str, str]:
-    """A random (question, answer) pair of `question_type` about `scene` in `lang`, its object named by
+    """A random (question, answer) pair of type `qtype` about `scene` in `lang`, its object named by
     one of `referents` (count questions name none)."""
-    referent = rng.choice(allowed_referents(question_type, referents))
-    template = QUESTION_TEMPLATES[(question_type, referent)][lang]
+    asked, referent = rng.choice(templates_for(qtype, referents))
+    template = QUESTION_TEMPLATES[(asked, referent)][lang]
     obj = rng.choice(scene) if referent else None
     question = template.format(**_referent_words(obj, lang)) if obj else template
-    return question, answer_for(question_type, scene, obj, lang)
+    return question, answer_for(asked, scene, obj, lang)
 
 
 def _referent_words(obj: SceneObject, lang: str) -> dict[str, str]:
