@@ -123,7 +123,7 @@ class BaselineSide(TrainingSide):
         self.model.to(device)
         self.device, self.settings = device, settings
         config = self.model.get_base_model().config
-        self.run = TrainingRun("baseline", "fp32", ModelShape.from_llava_config(config, settings.lora_rank),
+        self.run = TrainingRun("baseline", "fp32", ModelShape.from_model(self.model, settings.lora_rank),
                                vision_trained=True, logits_on_all=True)
         self.run.trainable_params = sum(p.numel() for group in self.optimizer.param_groups for p in group["params"])
         records = NaiveDataset(data_path, processor, config.image_seq_length, settings.max_length)

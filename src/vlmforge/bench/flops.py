@@ -1,6 +1,6 @@
 """FLOPs of one training step, counted from the model's shapes and the batch's token counts.
 
-    shape = ModelShape.from_llava_config(model.config, lora_rank=16, lora_targets=ALL_LLM_LINEARS)
+    shape = ModelShape.from_model(model, lora_rank=16)    # LoRA's targets found as training finds them
     flops = training_flops(shape, StepTokens(lengths=(310, 250), images=2, trained_tokens=120))
 
 The 6·N·T rule assumes every weight gets a gradient. With a frozen base only what is computed is
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ALL_LLM_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from vlmforge.train.trainability import language_linear_names
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,17 @@ class ModelShape:
     intermediate: int
     vocab: int
     lora_rank: int = 0
-    lora_targets: tuple[str, ...] = ALL_LLM_LINEARS
+    lora_targets: tuple[str, ...] = ()  # leaf names of the decoder linears with LoRA (q_proj, ...)
 
     @classmethod
-    def from_llava_config(cls, config, lora_rank: int = 0, lora_targets=ALL_LLM_LINEARS) -> ModelShape:
+    def from_model(cls, model, lora_rank: int = 0, target_modules=()) -> ModelShape:
+        """The shape of a model in memory (peft-wrapped or not); LoRA on `lora_target_names(model, target_modules)`."""
+        return cls.from_llava_config(model.config, lora_rank, lora_target_names(model, target_modules))
+
+    @classmethod
+    def from_llava_config(cls, config, lora_rank: int = 0, lora_targets=()) -> ModelShape:
+        """The shape `config` describes; without `lora_targets`, LoRA goes where training would put it
+        (`config_lora_targets`: every linear of the language model)."""
         vision, text = config.vision_config, config.text_config
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         return cls(image_size=vision.image_size, patch_size=vision.patch_size, channels=getattr(vision, "num_channels", 3),
@@ -48,7 +55,8 @@ class ModelShape:
                    vision_intermediate=vision.intermediate_size, hidden=text.hidden_size, layers=text.num_hidden_layers,
                    heads=text.num_attention_heads, kv_heads=getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
                    head_dim=head_dim, intermediate=text.intermediate_size, vocab=text.vocab_size,
-                   lora_rank=lora_rank, lora_targets=tuple(lora_targets or ALL_LLM_LINEARS))
+                   lora_rank=lora_rank,
+                   lora_targets=tuple(lora_targets or (config_lora_targets(config) if lora_rank else ())))
 
     @property
     def patches(self) -> int:
@@ -83,6 +91,31 @@ class ModelShape:
     @property
     def projector_params(self) -> int:
         return self.vision_hidden * self.hidden + self.hidden * self.hidden
+
+
+def lora_target_names(model, target_modules=()) -> tuple[str, ...]:
+    """The language model's linears LoRA covers, as training chooses them (`trainability.lora_target_regex`):
+    those that already hold adapters in a peft-wrapped model, else `target_modules`, else every linear."""
+    wrapped = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    return tuple(sorted(wrapped) or target_modules or language_linear_names(model))
+
+
+def config_lora_targets(config) -> tuple[str, ...]:
+    """`language_linear_names` of the model `config` describes, built on the meta device with one layer per
+    tower (the names do not depend on depth): nothing allocated, milliseconds even for a 7B config."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    shallow = copy.deepcopy(config)
+    for part in (shallow.text_config, shallow.vision_config):
+        part.num_hidden_layers = 1
+        if getattr(part, "layer_types", None):
+            part.layer_types = part.layer_types[:1]
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(shallow)
+    return tuple(language_linear_names(model))
 
 
 @dataclass(frozen=True)

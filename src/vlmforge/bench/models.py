@@ -38,6 +38,20 @@ def build_model_folder(config: BenchConfig, out_dir: str | Path, seed: int = 0) 
     return save_vlm(model, processor, out_dir / "model")
 
 
+def bench_llava_config(config: BenchConfig):
+    """The transformers Llava config of `config`'s shapes (a SigLIP tower, a Qwen2 LLM), without writing a folder."""
+    from transformers import LlavaConfig, Qwen2Config, SiglipVisionConfig
+
+    vision, llm = config.vision, config.llm
+    tower = SiglipVisionConfig(image_size=vision.image_size, patch_size=vision.patch_size, hidden_size=vision.hidden_size,
+                               num_hidden_layers=vision.layers, num_attention_heads=vision.heads,
+                               intermediate_size=vision.intermediate_size)
+    decoder = Qwen2Config(hidden_size=llm.hidden_size, num_hidden_layers=llm.layers, num_attention_heads=llm.heads,
+                          num_key_value_heads=llm.kv_heads, intermediate_size=llm.intermediate_size,
+                          vocab_size=llm.vocab_size)
+    return LlavaConfig(vision_config=tower, text_config=decoder)
+
+
 def scaled_llava_config(config: BenchConfig, folder_config):
     """The Llava config of `folder_config` (the stand-in's) with `config`'s full shapes."""
     import copy

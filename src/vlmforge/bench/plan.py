@@ -113,15 +113,11 @@ def format_plan(result: dict, title: str) -> str:
     return "\n".join(lines)
 
 
-def bench_config_shape(config, lora_rank: int, lora_targets) -> ModelShape:
-    """The `ModelShape` of a bench config (`configs.CONFIGS`), without building anything."""
-    vision, llm = config.vision, config.llm
-    return ModelShape(image_size=vision.image_size, patch_size=vision.patch_size, channels=3,
-                      vision_hidden=vision.hidden_size, vision_layers=vision.layers,
-                      vision_intermediate=vision.intermediate_size, hidden=llm.hidden_size, layers=llm.layers,
-                      heads=llm.heads, kv_heads=llm.kv_heads, head_dim=llm.hidden_size // llm.heads,
-                      intermediate=llm.intermediate_size, vocab=llm.vocab_size, lora_rank=lora_rank,
-                      lora_targets=tuple(lora_targets))
+def bench_config_shape(config, lora_rank: int, lora_targets=()) -> ModelShape:
+    """The `ModelShape` of a bench config (`configs.CONFIGS`), from the Llava config of its shapes (no weights)."""
+    from vlmforge.bench.models import bench_llava_config
+
+    return ModelShape.from_llava_config(bench_llava_config(config), lora_rank, lora_targets)
 
 
 def plan_recipe(recipe_name: str, gpu_gb: float, model_path: str = "", bench_config: str = "small",
@@ -129,14 +125,13 @@ def plan_recipe(recipe_name: str, gpu_gb: float, model_path: str = "", bench_con
     """(plan, title) for a shipped recipe or YAML: shapes from `model_path` (or the recipe's model.path)
     config.json, or else from the bench config `bench_config`."""
     from vlmforge.bench.configs import get_config
-    from vlmforge.bench.flops import ALL_LLM_LINEARS
     from vlmforge.errors import ConfigError
     from vlmforge.train.recipe import load_recipe
 
     if gpu_gb <= 0:
         raise ConfigError(f"--gpu-gb must be > 0, got {gpu_gb}")
     recipe = load_recipe(recipe_name)
-    targets = recipe.lora.target_modules or ALL_LLM_LINEARS
+    targets = recipe.lora.target_modules  # empty: every linear of the language model, as training does
     path = model_path or recipe.model.path
     if path:
         config = _read_llava_config(path)

@@ -93,6 +93,7 @@ def export_bench(config_name: str, out_dir: str | Path, steps: int | None = None
     settings.json holds the batch, LoRA, learning rates, schedule, precision and the dataset rows vlmforge's
     warm-up and timed steps train on, in order.
     """
+    from vlmforge.bench.flops import lora_target_names
     from vlmforge.bench.models import build_model_folder
     from vlmforge.bench.synthetic_data import write_bench_dataset
     from vlmforge.bench.vlmforge_training import VlmforgeSide, bench_recipe
@@ -116,8 +117,7 @@ def export_bench(config_name: str, out_dir: str | Path, steps: int | None = None
     settings = {
         "config": config.name, "steps": config.steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
         "lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha, "lora_dropout": recipe.lora.dropout,
-        "lora_targets": sorted({name.rsplit(".", 1)[-1] for name, module in side.trainer.base_model.named_modules()
-                                if hasattr(module, "lora_A")}),
+        "lora_targets": list(lora_target_names(side.trainer.base_model)),
         "lr_projector": train.lr.projector,
         "lr_llm": train.lr.llm, "warmup_ratio": train.warmup_ratio, "max_grad_norm": train.max_grad_norm,
         "max_length": config.max_length, "precision": side.run.precision, "seed": train.seed,

@@ -138,7 +138,6 @@ class TrlSide(TrainingSide):
         lora = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                           bias="none", target_modules=lora_target_regex(model, []),
                           modules_to_save=["multi_modal_projector"], task_type="CAUSAL_LM")
-        config = model.config
         self.trainer = SFTTrainer(model=model, args=sft_config(settings, output_dir, device.type == "cpu"),
                                   train_dataset=self.dataset.select(indices), processing_class=processor,
                                   peft_config=lora)
@@ -147,7 +146,7 @@ class TrlSide(TrainingSide):
         self.warmup_batches = [collate([self.dataset[i] for i in warmup_indices[start:start + size]])
                                for start in range(0, len(warmup_indices), size)]
         self.run = TrainingRun("trl", "bf16" if settings.bf16 else "fp32",
-                               ModelShape.from_llava_config(config, settings.lora_rank),
+                               ModelShape.from_model(model, settings.lora_rank),
                                logits_on_all=device.type != "cuda")  # TRL's fused head scores only trained positions with Triton
         self.run.trainable_params = sum(p.numel() for p in self.trainer.model.parameters() if p.requires_grad)
 

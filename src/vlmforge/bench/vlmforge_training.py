@@ -46,7 +46,7 @@ class VlmforgeSide(TrainingSide):
         self.trainer = Trainer(recipe, loaded=base_model)
         self.trainer.setup()
         self.device = self.trainer.accelerator.device
-        shape = ModelShape.from_llava_config(self.trainer.base_model.config, recipe.lora.rank, recipe.lora.target_modules)
+        shape = ModelShape.from_model(self.trainer.base_model, recipe.lora.rank, recipe.lora.target_modules)
         self.run = TrainingRun("vlmforge", "bf16" if self.trainer.bf16 else "fp32", shape)
         self.run.trainable_params = sum(p.numel() for p in self.trainer.model.parameters() if p.requires_grad)
         self.batches = iter(self.trainer.batches(0))
