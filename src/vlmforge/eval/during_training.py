@@ -17,13 +17,15 @@ from pathlib import Path
 
 from vlmforge.errors import ConfigError
 from vlmforge.eval.evaluate import load_eval_set
+from vlmforge.train.callbacks import TrainingView
 from vlmforge.train.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
 
 def make_eval_callback(recipe: Recipe):
-    """A `callback(trainer, step) -> dict | None` for `vlmforge.train.loop.train`; checks `eval.data` now."""
+    """A `callback(view, step) -> dict | None` for `vlmforge.train.loop.train` (`view`: a `train.callbacks.TrainingView`);
+    checks `eval.data` now."""
     return EvalCallback(recipe)
 
 
@@ -52,30 +54,30 @@ class EvalCallback:
         self.image_roots = [*recipe.data.image_roots, str(Path(settings.data).parent)]
         self.dataset = None  # the eval file as a training dataset, made at the first evaluation
 
-    def __call__(self, trainer, step: int) -> dict | None:
+    def __call__(self, view: TrainingView, step: int) -> dict | None:
         if not is_due(step, self.recipe.eval.every, self.recipe.train.max_steps):
             return None
-        if not trainer.is_main:
+        if not view.is_main:
             return {}
-        model = trainer.peft_model
+        model = view.peft_model
         was_training = model.training
         model.eval()
         try:
-            return self._evaluate(model, trainer, step)
+            return self._evaluate(model, view, step)
         finally:
             model.train(was_training)
 
-    def _evaluate(self, model, trainer, step: int) -> dict:
+    def _evaluate(self, model, view: TrainingView, step: int) -> dict:
         import torch
 
         from vlmforge.eval.evaluate import evaluate_model
 
         settings = self.recipe.eval
-        loss = held_out_loss(model, trainer.processor, self._samples(), settings.batch_size,
-                             self.recipe.data.max_length, self.recipe.data.too_long, trainer.bf16)
+        loss = held_out_loss(model, view.processor, self._samples(), settings.batch_size,
+                             self.recipe.data.max_length, self.recipe.data.too_long, view.bf16)
         device = next(model.parameters()).device
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.bf16):  # as in training
-            result = evaluate_model(model, trainer.processor, settings.data, self.output_dir(step),
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=view.bf16):  # as in training
+            result = evaluate_model(model, view.processor, settings.data, self.output_dir(step),
                                     batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens,
                                     max_samples=settings.max_samples, image_roots=self.image_roots,
                                     progress=False, java_metrics=False)

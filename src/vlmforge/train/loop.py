@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vlmforge.config import save_yaml, to_dict
 from vlmforge.errors import ConfigError, VlmforgeError
+from vlmforge.train.callbacks import TrainingView
 from vlmforge.train.recipe import Recipe, validate_recipe
 
 log = logging.getLogger("vlmforge.train")
@@ -322,15 +323,17 @@ class Trainer:
             self._save(done, state, history)
 
     def _run_callbacks(self, step: int) -> dict:
-        """Callbacks (evaluation) see the model between steps; they run on a forked RNG so that
-        whatever they draw (generation, their own loaders) never changes the training's random stream."""
+        """Callbacks (evaluation) see the run between steps through a `TrainingView`, not the Trainer;
+        they run on a forked RNG so that whatever they draw (generation, their own loaders) never
+        changes the training's random stream."""
         import torch
 
         device = self.accelerator.device
         row = {}
+        view = TrainingView(step, self.peft_model, self.processor, self.is_main, self.bf16, self.output_dir)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             for callback in self.callbacks:
-                row.update(callback(self, step) or {})
+                row.update(callback(view, step) or {})
         return row
 
     @property
