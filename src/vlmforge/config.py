@@ -263,6 +263,21 @@ def overrides_from_args(args: argparse.Namespace, cls, prefix: str = "") -> dict
     return {name[len(prefix):]: given[name] for name, *_ in iter_fields(cls, prefix) if name in given}
 
 
+def from_args(cls, args: argparse.Namespace, **given):
+    """A command's config from its parsed flags (and `given` values, e.g. positional arguments): types and
+    ranges checked by `from_dict`, then the config's own `validate()` (required flags, rules across fields)."""
+    config = from_dict(cls, {**overrides_from_args(args, cls), **given})
+    if hasattr(config, "validate"):
+        config.validate()
+    return config
+
+
+def require(value, message: str) -> None:
+    """A required setting left empty: `ConfigError(message)` (the message names the flag)."""
+    if not value:
+        raise ConfigError(message)
+
+
 def apply_overrides(config, overrides: dict[str, Any]):
     """Return a copy of `config` with dotted overrides applied and type-checked."""
     data = to_dict(config)

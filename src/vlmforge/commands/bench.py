@@ -58,9 +58,9 @@ def add_arguments(parser) -> None:
 
 
 def config_from_args(args) -> BenchCommandConfig:
-    from vlmforge.config import from_dict, overrides_from_args
+    from vlmforge.config import from_args
 
-    return from_dict(BenchCommandConfig, overrides_from_args(args, BenchCommandConfig))
+    return from_args(BenchCommandConfig, args)
 
 
 def run(args) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from vlmforge.config import option
+from vlmforge.config import option, require
 
 KINDS = {"qwen1": "first-generation Qwen (Qwen-7B, Qwen-7B-Chat: model type 'qwen', qwen.tiktoken)"}
 KIND_NAMES = tuple(KINDS)
@@ -23,10 +23,7 @@ class ConvertLlmConfig:
     out: str = option("", "folder to write the native model to (replaced atomically; required)", metavar="DIR")
 
     def validate(self) -> None:
-        from vlmforge.errors import ConfigError
-
-        if not self.out:
-            raise ConfigError("vlmforge convert-llm needs --out DIR (the folder to write the native model to)")
+        require(self.out, "vlmforge convert-llm needs --out DIR (the folder to write the native model to)")
 
 
 def add_arguments(parser) -> None:
@@ -39,11 +36,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from vlmforge.config import from_dict, overrides_from_args
+    from vlmforge.config import from_args
     from vlmforge.model.qwen1 import convert_qwen1
 
-    config = from_dict(ConvertLlmConfig, overrides_from_args(args, ConvertLlmConfig))
-    config.validate()
+    config = from_args(ConvertLlmConfig, args)
     report = convert_qwen1(config.source, config.out)
     kind = "chat" if report.chat else "base"
     dropped = f"; {len(report.dropped)} dropped feature(s) in conversion_report.json" if report.dropped else ""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from vlmforge.config import option
+from vlmforge.config import option, require
 from vlmforge.data.convert import FORMATS  # the converters' registry itself (a light import: no torch)
 
 REPORT_HELP = "also write the full report as JSON"
@@ -38,8 +38,8 @@ class DataConvertConfig:
     json: str | None = option(None, REPORT_HELP, metavar="REPORT")
 
     def validate(self) -> None:
-        _require(self.fmt, f"--from FORMAT (one of {', '.join(FORMATS)})", "convert")
-        _require(self.out, "--out OUT.jsonl", "convert")
+        require(self.fmt, f"vlmforge data convert needs --from FORMAT (one of {', '.join(FORMATS)})")
+        require(self.out, "vlmforge data convert needs --out OUT.jsonl")
 
 
 @dataclass
@@ -69,15 +69,7 @@ class DataSynthConfig:
                                    metavar="LIST")
 
     def validate(self) -> None:
-        _require(self.out, "--out DIR", "synth")
-
-
-def _require(value, flag: str, action: str) -> None:
-    """A flag without which the action cannot run: one line naming it (exit 2)."""
-    from vlmforge.errors import ConfigError
-
-    if not value:
-        raise ConfigError(f"vlmforge data {action} needs {flag}")
+        require(self.out, "vlmforge data synth needs --out DIR")
 
 
 # action -> (config, help, positional inputs' metavar or None)
@@ -101,14 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    """The action's config from the parsed flags: types and ranges checked, then `validate()` where it has one."""
-    from vlmforge.config import from_dict, overrides_from_args
+    """The action's config from the parsed flags (`config.from_args`)."""
+    from vlmforge.config import from_args
 
-    config_class = ACTIONS[args.data_command][0]
-    config = from_dict(config_class, overrides_from_args(args, config_class))
-    if hasattr(config, "validate"):
-        config.validate()
-    return config
+    return from_args(ACTIONS[args.data_command][0], args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmforge.config import option
+from vlmforge.config import option, require
 
 
 @dataclass
@@ -13,10 +13,7 @@ class ExportConfig:
     out: str = option("", "folder to write the merged model to (required)", metavar="DIR")
 
     def validate(self) -> None:
-        from vlmforge.errors import ConfigError
-
-        if not self.out:
-            raise ConfigError("vlmforge export needs --out DIR (the folder to write the merged model to)")
+        require(self.out, "vlmforge export needs --out DIR (the folder to write the merged model to)")
 
 
 def add_arguments(parser) -> None:
@@ -28,11 +25,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from vlmforge.config import from_dict, overrides_from_args
+    from vlmforge.config import from_args
     from vlmforge.train.export import export_checkpoint
 
-    config = from_dict(ExportConfig, overrides_from_args(args, ExportConfig))
-    config.validate()
+    config = from_args(ExportConfig, args)
     out = export_checkpoint(config.checkpoint, config.out)
     print(f"wrote {out}")
     return 0
