@@ -1,7 +1,7 @@
 """Generation speed: time to first token and decode tokens/s, batch 1 and 8, KV cache on.
 
 Two paths over the same exported (LoRA merged) model and the same prompts:
-- `vlmforge`: `vlmforge.infer.generate.generate` (chat template, image preprocessing, left padding);
+- `vlmforge`: `vlmforge.infer.generate.generate` (prompt ids from `data.tokenize`, pixels from the image processor, left padding);
 - `plain`: what a user writes with transformers alone (`apply_chat_template`, the processor, `model.generate`).
 TTFT is a one-token generation (preprocessing + prefill + first token); decode tokens/s is
 B·(N−1) / (t_N − t_1). `min_new_tokens` makes every run produce exactly N tokens (random weights
