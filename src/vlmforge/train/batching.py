@@ -116,18 +116,7 @@ class Collator:
         return batch
 
     def _text_batch(self, pairs) -> dict:
-        import torch
-
-        longest = max(len(encoded.input_ids) for _, encoded in pairs)
-        input_ids = torch.full((len(pairs), longest), self.pad_id, dtype=torch.long)  # (B, T)
-        labels = torch.full((len(pairs), longest), IGNORE_INDEX, dtype=torch.long)  # (B, T)
-        attention_mask = torch.zeros((len(pairs), longest), dtype=torch.long)  # (B, T)
-        for row, (_, encoded) in enumerate(pairs):
-            length = len(encoded.input_ids)
-            input_ids[row, :length] = torch.tensor(encoded.input_ids)
-            labels[row, :length] = torch.tensor(encoded.labels)
-            attention_mask[row, :length] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return pad_samples([encoded for _, encoded in pairs], self.pad_id)
 
     def _tiled(self, samples: list) -> dict | None:
         """Idefics3-style processors: each image's tokens depend on its tile grid, read from the image processor.
@@ -156,3 +145,19 @@ class Collator:
             batch["pixel_values"] = features["pixel_values"][kept]  # (S, N_tiles, C, H, W)
             batch["pixel_attention_mask"] = features["pixel_attention_mask"][kept]  # (S, N_tiles, H, W)
         return batch
+
+
+def pad_samples(samples: list, pad_id: int) -> dict:
+    """Encoded samples (`data.tokenize.EncodedSample`) → right-padded `input_ids`, `attention_mask`, `labels`, each (B, T)."""
+    import torch
+
+    longest = max(len(sample.input_ids) for sample in samples)
+    input_ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(samples), longest), dtype=torch.long)  # (B, T)
+    for row, sample in enumerate(samples):
+        length = len(sample.input_ids)
+        input_ids[row, :length] = torch.tensor(sample.input_ids)
+        labels[row, :length] = torch.tensor(sample.labels)
+        attention_mask[row, :length] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
