@@ -42,9 +42,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from vlmforge.config import from_dict, overrides_from_args
+    from vlmforge.config import from_args
 
-    config = from_dict(ChatConfig, {**overrides_from_args(args, ChatConfig), "model": args.model})
+    config = from_args(ChatConfig, args, model=args.model)
     images = _check_inputs(config)  # every mistake in the question shows before the model loads
     model, processor, options = _load(config)
     if config.batch:

@@ -20,14 +20,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from vlmforge.config import from_dict, overrides_from_args
+    from vlmforge.config import from_args
     from vlmforge.infer.serve_config import ServeConfig
 
-    overrides = overrides_from_args(args, ServeConfig)
-    if not overrides.get("api_key") and os.environ.get(API_KEY_ENV):
-        overrides["api_key"] = os.environ[API_KEY_ENV]
-    config = from_dict(ServeConfig, overrides)
-    config.validate()
+    key = getattr(args, "api_key", None) or os.environ.get(API_KEY_ENV)  # the flag wins over the environment
+    from_env = {"api_key": key} if key else {}
+    config = from_args(ServeConfig, args, **from_env)  # checked (ServeConfig.validate) before the model loads
 
     from vlmforge.infer.server import serve
 
