@@ -124,3 +124,14 @@ def test_asking_for_cuda_without_a_gpu_is_a_config_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         resolve_device("cuda:1")
+
+
+@pytest.mark.parametrize("command", ["bench", "export", "convert-llm", "data"])
+def test_help_of_the_moved_commands_imports_no_torch(command):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom vlmforge.cli import main\ntry:\n    main([%r, '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n" % command)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
