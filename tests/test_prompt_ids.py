@@ -153,3 +153,20 @@ def test_generated_answers_equal_those_from_the_processors_inputs(lively_vlm_dir
     expected = [processor.tokenizer.decode(row, skip_special_tokens=True) for row in new]
     assert [answer.text for answer in answers] == expected
     assert len({answer.text for answer in answers}) > 1  # the answers depend on the input
+
+
+def test_a_tokenizer_that_adds_bos_itself_still_gets_one_bos(tmp_path):
+    """Real Llama-3 tokenizers add <|begin_of_text|> on every encode and the template writes it too: the
+    processor's own call doubled it at inference; the data layer (training, and now inference) has one."""
+    from tokenizers import processors
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(make_processor_folder(tmp_path / "p", style="llama3"))
+    bos = processor.tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
+    processor.tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)])
+    assert processor.tokenizer("Hi")["input_ids"][0] == bos  # the tokenizer adds it by itself now
+    record, images = CONVERSATIONS[0]
+    ids = prompt_token_ids(processor, as_parts(record[:-1]), images)
+    assert ids == training_prefix(processor, record, images, image_tokens_per_image(processor))
+    assert ids.count(bos) == 1 and processor_ids(processor, as_parts(record[:-1]), images)[:2] == [bos, bos]
