@@ -213,3 +213,20 @@ def test_bad_referents_raise_config_error(tmp_path):
         write_synthetic_dataset(tmp_path, num_train=1, referents=("size",))
     with pytest.raises(ConfigError, match="no way to ask a colour question"):
         write_synthetic_dataset(tmp_path, num_train=1, referents=("colour",))
+
+
+def test_turn_cells_name_the_object_each_question_asks_about(dataset):
+    _, _, splits = dataset
+    for record in splits["train"] + splits["test"]:
+        objects = {obj["row"] * 3 + obj["col"]: obj for obj in record["meta"]["objects"]}
+        types, cells = record["meta"]["turn_types"], record["meta"]["turn_cells"]
+        assert len(cells) == len(types) == len(record["messages"]) // 2
+        for qtype, cell, answer in zip(types, cells, record["messages"][1::2]):
+            if qtype == "count":
+                assert cell is None
+                continue
+            obj = objects[cell]
+            lang = record["lang"]
+            names = {obj["colour"], obj["shape"], COLOUR_BY_NAME[obj["colour"]].zh,
+                     {s.name: s.zh for s in SHAPES}[obj["shape"]], POSITION_NAMES[lang][obj["row"]][obj["col"]]}
+            assert answer["content"] in names, record["id"]

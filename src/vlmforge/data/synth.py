@@ -15,7 +15,8 @@ A record: {"id", "source": "synth", "images": ["images/train/000001.png"], "mess
 "type", "lang", "meta": {"objects": [{"shape", "colour", "row", "col"}], "turn_types": [...]}}.
 Only the first user turn holds the `<image>` placeholder, before or after the question
 (`question_position`). `type` is the type of the first question (`follow_up` for a held-out follow-up);
-`meta.turn_types` lists every turn's.
+`meta.turn_types` lists every turn's type, `meta.turn_cells` the grid cell (0-8, row by row) of the object each
+question asks about (null for count questions).
 Val/test score one question per record: the last one. Their records cycle through every (type,
 language) pair, so each is equally represented, and type `follow_up`: a two-turn conversation whose
 second question (the scored one, of any type in turn) comes after the first answer, the way a user
@@ -182,16 +183,16 @@ def _conversation_turns(scene: Scene, first_type: str, lang: str, num_turns: int
     turns = [(first_type, *ask(first_type, scene, lang, rng, referents))]
     while len(turns) < num_turns:
         qtype = rng.choice(types)
-        question, answer = ask(qtype, scene, lang, rng, referents)
-        if all(question != asked for _, asked, _ in turns):
-            turns.append((qtype, question, answer))
+        question, answer, cell = ask(qtype, scene, lang, rng, referents)
+        if all(question != asked for _, asked, _, _ in turns):
+            turns.append((qtype, question, answer, cell))
     return turns
 
 
 def _record(record_id: str, image_path: str, scene: Scene, turns: list, record_type: str, lang: str,
             question_position: str) -> dict:
     messages = []
-    for turn_index, (_, question, answer) in enumerate(turns):
+    for turn_index, (_, question, answer, _) in enumerate(turns):
         content = _with_image(question, question_position) if turn_index == 0 else question
         messages += [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
     return {
@@ -201,7 +202,8 @@ def _record(record_id: str, image_path: str, scene: Scene, turns: list, record_t
         "messages": messages,
         "type": record_type,
         "lang": lang,
-        "meta": {"objects": [obj.to_meta() for obj in scene], "turn_types": [qtype for qtype, _, _ in turns]},
+        "meta": {"objects": [obj.to_meta() for obj in scene], "turn_types": [turn[0] for turn in turns],
+                 "turn_cells": [turn[3] for turn in turns]},
     }
 
 

@@ -42,7 +42,7 @@ QUESTION_TEMPLATES = {
     ("count", None): {"en": "How many shapes are there?", "zh": "图中有几个形状？"},
 }
 CAPTION_PROMPTS = {"en": "Describe every cell of the grid.", "zh": "描述网格中的每一格。"}
-_EMPTY_CELL = {"en": "nothing", "zh": "无"}
+EMPTY_CELL_WORDS = {"en": "nothing", "zh": "无"}  # what a caption says of an empty cell
 _CAPTION_JOINERS = {"en": (": ", "; "), "zh": ("：", "；")}
 
 
@@ -88,14 +88,14 @@ def askable_types(referents: tuple[str, ...] = REFERENTS) -> tuple[str, ...]:
 
 
 def ask(qtype: str, scene: Scene, lang: str, rng: random.Random,
-        referents: tuple[str, ...] = REFERENTS) -> tuple[str, str]:
-    """A random (question, answer) pair of type `qtype` about `scene` in `lang`, its object named by
-    one of `referents` (count questions name none)."""
+        referents: tuple[str, ...] = REFERENTS) -> tuple[str, str, int | None]:
+    """A random (question, answer, cell) of type `qtype` about `scene` in `lang`, its object named by
+    one of `referents`; `cell` is the grid cell (0-8) of the object asked about (None: count questions)."""
     asked, referent = rng.choice(templates_for(qtype, referents))
     template = QUESTION_TEMPLATES[(asked, referent)][lang]
     obj = rng.choice(scene) if referent else None
     question = template.format(**_referent_words(obj, lang)) if obj else template
-    return question, answer_for(asked, scene, obj, lang)
+    return question, answer_for(asked, scene, obj, lang), (obj.cell if obj else None)
 
 
 def _referent_words(obj: SceneObject, lang: str) -> dict[str, str]:
@@ -113,7 +113,7 @@ def describe_scene(scene: Scene, lang: str) -> str:
     parts = []
     for cell in range(GRID_SIZE * GRID_SIZE):
         row, col = divmod(cell, GRID_SIZE)
-        content = _object_phrase(by_cell[cell], lang) if cell in by_cell else _EMPTY_CELL[lang]
+        content = _object_phrase(by_cell[cell], lang) if cell in by_cell else EMPTY_CELL_WORDS[lang]
         parts.append(position_word(row, col, lang) + label_sep + content)
     return cell_sep.join(parts)
 
