@@ -122,19 +122,32 @@ def make_processor(vision: VisionPart, tokenizer, cfg: BuildConfig):
 
 def assemble_llava(vision_model, llm, llava_config):
     """A Llava model whose vision tower and language model ARE the loaded modules (no weight copies)."""
-    import torch
     from transformers import LlavaForConditionalGeneration
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
+    projector = LlavaMultiModalProjector(llava_config).to(llm.dtype)
+    return compose_vlm(LlavaForConditionalGeneration, llava_config, llm, vision_tower=vision_model,
+                       language_model=decoder_of(llm), multi_modal_projector=projector)
+
+
+def compose_vlm(model_class, config, llm, **parts):
+    """A `model_class` VLM made on the meta device whose `model.<name>` parts ARE the given modules and
+    whose head is the LM's (tied to the input embeddings when the config says so): nothing is copied."""
+    import torch
+
     with torch.device("meta"):
-        vlm = LlavaForConditionalGeneration(llava_config)
-    vlm.model.vision_tower = vision_model
-    vlm.model.language_model = llm.get_decoder() if hasattr(llm, "get_decoder") else llm.base_model
+        vlm = model_class(config)
+    for name, module in parts.items():
+        setattr(vlm.model, name, module)
     vlm.lm_head = llm.get_output_embeddings()
-    vlm.model.multi_modal_projector = LlavaMultiModalProjector(llava_config).to(llm.dtype)
-    if llava_config.tie_word_embeddings:
+    if config.tie_word_embeddings:
         vlm.lm_head.weight = vlm.get_input_embeddings().weight
     return vlm
+
+
+def decoder_of(llm):
+    """The causal LM's decoder stack (what a VLM's language model is), without its head."""
+    return llm.get_decoder() if hasattr(llm, "get_decoder") else llm.base_model
 
 
 def build_vlm(cfg: BuildConfig):

@@ -155,16 +155,12 @@ def assemble_idefics3(tower, llm, config):
     from transformers import Idefics3ForConditionalGeneration
     from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector
 
-    with torch.device("meta"):
-        vlm = Idefics3ForConditionalGeneration(config)
-    vlm.model.vision_model = tower
-    vlm.model.text_model = llm.get_decoder() if hasattr(llm, "get_decoder") else llm.base_model
-    vlm.lm_head = llm.get_output_embeddings()
-    vlm.model.connector = Idefics3Connector(config).to(llm.dtype)
-    torch.nn.init.normal_(vlm.model.connector.modality_projection.proj.weight, std=0.02)
-    if config.tie_word_embeddings:
-        vlm.lm_head.weight = vlm.get_input_embeddings().weight
-    return vlm
+    from vlmforge.model.build import compose_vlm, decoder_of
+
+    connector = Idefics3Connector(config).to(llm.dtype)
+    torch.nn.init.normal_(connector.modality_projection.proj.weight, std=0.02)
+    return compose_vlm(Idefics3ForConditionalGeneration, config, llm, vision_model=tower,
+                       text_model=decoder_of(llm), connector=connector)
 
 
 def build_idefics3(cfg, llm, tokenizer, vision: VisionPart):
