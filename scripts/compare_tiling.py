@@ -1,34 +1,56 @@
 """Does reading images as tiles matter? Llava at the tower's size against Idefics3 tiles, on small details.
 
+With real parts (a GPU run; 768 x 768 scenes with a 3-digit number in a small font among clutter):
     python scripts/compare_tiling.py --vision SIGLIP_DIR --llm LLM_DIR --out runs/tiling \\
-        --scene-size 768 --tile-size 384 --pixel-shuffle 3 --longest-edge 768 --steps 600 --device cuda
+        --scene-size 768 --tile-size 384 --pixel-shuffle 3 --longest-edge 768 --stages instruct-lora:600 --device cuda
 
-A synthetic task where detail matters, generated offline: 768 x 768 scenes of small coloured
-clutter with a short digit string written in a small font at a random place; the question asks for
-the number. Both models are built from the same tower and LM (`vlmforge build --arch llava` /
-`--arch idefics3`), trained with the same recipe, steps, batch and learning rates, and evaluated
-by exact match on held-out scenes. Written to OUT/comparison.md (a table) and OUT/comparison.json:
-accuracy, image tokens per sample, training tokens/s.
+From scratch on a CPU (what docs/high-resolution.md reports; ~25 min at one thread):
+    OMP_NUM_THREADS=1 python scripts/compare_tiling.py --scratch --out runs/tiling-cpu
 
-Smoke run on CPU with tiny parts (checks the script, measures nothing):
+`--scratch` makes every part here, the way `vlmforge demo` does, with a task sized for it: the demo's
+shape scenes (a 3 x 3 grid, 1-3 objects of distinct colours and shapes, the caption names every cell:
+"top left: a red circle; top middle: nothing; ...") drawn as 144 x 144 px images in which each
+grid cell is a 48 px region and each object is SMALL (5-8 px) at a random place inside its region.
+The demo's SigLIP tower (48 px, 16 px patches) is pre-trained per patch on 48 px tiles of such
+objects AND on whole scenes downscaled to 48 px (so Llava's view is one it was trained on: the
+fairest Llava); a tiny Qwen2 LM is pre-trained on the captions with the image as cell words in
+both families' layouts. Llava reads the scene at 48 px (one patch per region; an object becomes a
+2-3 px blob); Idefics3 (tiles of 48 px, longest edge 144, pixel shuffle 3: one token per tile, 3 x 3
+tiles + a global view) reads every region at full size.
+
+Both models are built from the same parts (`build_vlm`, `--arch llava` / `--arch idefics3`), trained
+with the same recipes, steps, batch and learning rates (`train`), and evaluated by exact match on
+held-out scenes, with the images and with blank ones (`evaluate_model`). Written to
+OUT/comparison.md (a table) and OUT/comparison.json: accuracy (exact match; for captions also cells,
+colours and shapes right), blind accuracy, image tokens per sample, training tokens/s and samples/s.
+
+Smoke run on CPU with tiny random parts (checks the real-parts path, measures nothing):
     python scripts/compare_tiling.py --tiny --out /tmp/tiling --scene-size 256 --tile-size 64 \\
-        --longest-edge 128 --pixel-shuffle 2 --steps 2 --train 16 --test 4 --batch 2 --device cpu
+        --longest-edge 128 --pixel-shuffle 2 --stages instruct-lora:2 --train 16 --test 4 --batch 2 --device cpu
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import random
+import re
 import statistics
+import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-QUESTION = "What number is written in the picture?"
+DIGIT_QUESTION = "What number is written in the picture?"
+TOWER_SIZE = 48  # the demo's tower: 16 px patches, 3 x 3 per image, one per grid cell
+OBJECT_SIDES = (7, 10)  # px: shapes told apart at full size; 2-3 px blobs in a 48 px view of the 144 px scene
+COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 
 
-def draw_scene(rng: random.Random, size: int) -> tuple[Image.Image, str]:
+# ---- the digits task (real parts) ----
+
+def draw_digit_scene(rng: random.Random, size: int) -> tuple[Image.Image, str]:
     """A light scene with small clutter and a 3-digit number in a small font; returns (image, number)."""
     image = Image.new("RGB", (size, size), (235, 235, 230))
     draw = ImageDraw.Draw(image)
@@ -43,49 +65,335 @@ def draw_scene(rng: random.Random, size: int) -> tuple[Image.Image, str]:
     return image, number
 
 
-def write_split(folder: Path, name: str, count: int, size: int, seed: int) -> Path:
+# ---- the small-object task (from scratch) ----
+
+def draw_small_object(draw: ImageDraw.ImageDraw, obj, box: tuple[int, int, int, int], rng: random.Random) -> None:
+    """One demo shape of 5-8 px at a random place inside `box` (a 16 px cell), drawn as the demo draws."""
+    from vlmforge.data.synth_scenes import COLOUR_BY_NAME
+
+    left, top, right, _ = box
+    side = rng.randint(*OBJECT_SIDES)
+    x, y = left + 1 + rng.randint(0, right - left - side - 2), top + 1 + rng.randint(0, right - left - side - 2)
+    corners, fill = [x, y, x + side - 1, y + side - 1], COLOUR_BY_NAME[obj.colour].rgb
+    if obj.shape == "circle":
+        draw.ellipse(corners, fill=fill)
+    elif obj.shape == "square":
+        draw.rectangle(corners, fill=fill)
+    else:
+        draw.polygon([(x + (side - 1) / 2, y), (x, y + side - 1), (x + side - 1, y + side - 1)], fill=fill)
+
+
+def draw_region_scene(rng: random.Random, scene, tile: int = TOWER_SIZE) -> Image.Image:
+    """The scene's 3 x 3 grid drawn as 3 x 3 regions of `tile` px: each object small, in a random 16 px
+    cell of its region. One region is one Idefics3 tile, and one patch of Llava's `tile` px view."""
+    from vlmforge.data.synth_scenes import BACKGROUND_RGB, GRID_SIZE
+
+    cell = tile // GRID_SIZE
+    image = Image.new("RGB", (GRID_SIZE * tile, GRID_SIZE * tile), BACKGROUND_RGB)
+    draw = ImageDraw.Draw(image)
+    for obj in scene:
+        left = obj.col * tile + rng.randrange(GRID_SIZE) * cell
+        top = obj.row * tile + rng.randrange(GRID_SIZE) * cell
+        draw_small_object(draw, obj, (left, top, left + cell, top + cell), rng)
+    return image
+
+
+def draw_tile_scene(rng: random.Random, scene, tile: int = TOWER_SIZE) -> Image.Image:
+    """A `tile` px image with the scene's objects drawn small in its 3 x 3 cells (the tower's view of a tile)."""
+    from vlmforge.data.synth_scenes import BACKGROUND_RGB, cell_box
+
+    image = Image.new("RGB", (tile, tile), BACKGROUND_RGB)
+    draw = ImageDraw.Draw(image)
+    for obj in scene:
+        draw_small_object(draw, obj, cell_box(obj.row, obj.col, tile), rng)
+    return image
+
+
+def sample_count_scene(rng: random.Random):
+    """1-6 objects in distinct cells of the 3 x 3 grid, each of a random colour and shape (repeats allowed)."""
+    from vlmforge.data.synth_scenes import COLOURS, SHAPES, SceneObject
+
+    cells = rng.sample(range(9), rng.randint(1, 6))
+    return tuple(sorted(SceneObject(cell // 3, cell % 3, rng.choice(SHAPES).name, rng.choice(COLOURS).name)
+                        for cell in cells))
+
+
+def scene_conversation(rng: random.Random, scene, kind: str) -> tuple[str, str]:
+    """(question, answer) of `kind`: "caption" (every cell named, the demo's caption), "count_shape"
+    ("How many squares are there?": needs each object's shape) or "count_colour" (needs its colour)."""
+    from vlmforge.data.synth_language import CAPTION_PROMPTS, describe_scene
+
+    if kind == "caption":
+        return CAPTION_PROMPTS["en"], describe_scene(scene, "en")
+    attribute = "shape" if kind == "count_shape" else "colour"
+    value = rng.choice(sorted({getattr(obj, attribute) for obj in scene}) + [None])
+    if value is None:  # a value the scene may lack: "zero" is an answer too
+        from vlmforge.data.synth_scenes import COLOURS, SHAPES
+
+        value = rng.choice([item.name for item in (SHAPES if attribute == "shape" else COLOURS)])
+    question = f"How many {value}s are there?" if attribute == "shape" else f"How many {value} objects are there?"
+    return question, COUNT_WORDS[sum(getattr(obj, attribute) == value for obj in scene)]
+
+
+def write_split(folder: Path, name: str, count: int, size: int, seed: int, task: str) -> Path:
+    """`count` records of `task` ("digits" or "regions") with their images under folder/images. Region
+    records are captions and count questions (the train split), or count questions only (test)."""
     rng = random.Random(f"{seed}-{name}")
     (folder / "images").mkdir(parents=True, exist_ok=True)
+    kinds = ("count_shape", "count_colour") + (("caption",) if name == "train" else ())
     lines = []
     for index in range(count):
-        image, number = draw_scene(rng, size)
+        kind, meta = task, {}
+        if task == "digits":
+            image, answer, question = *draw_digit_scene(rng, size), DIGIT_QUESTION
+        else:
+            scene, kind = sample_count_scene(rng), kinds[index % len(kinds)]
+            image, (question, answer) = draw_region_scene(rng, scene), scene_conversation(rng, scene, kind)
+            meta = {"objects": [obj.to_meta() for obj in scene]}
         path = f"images/{name}-{index}.png"
         image.save(folder / path)
-        lines.append({"id": f"{name}{index}", "images": [path], "messages": [
-            {"role": "user", "content": f"<image>\n{QUESTION}"}, {"role": "assistant", "content": number}]})
+        lines.append({"id": f"{name}{index}", "images": [path], "type": kind, "lang": "en", "meta": meta,
+                      "messages": [{"role": "user", "content": f"{question}\n<image>"},
+                                   {"role": "assistant", "content": answer}]})
     out = folder / f"{name}.jsonl"
     out.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return out
 
 
-def tiny_parts(folder: Path, image_size: int) -> tuple[str, str]:
-    from vlmforge.model.tiny import make_tiny_llm, make_tiny_vision
+def tower_records(folder: Path, task_records: list[dict], task_root: Path, count: int, seed: int) -> list[dict]:
+    """Pre-training images for the demo tower, labelled per 3 x 3 cell: `count` tiles (48 px, 0-3 small
+    objects: what an Idefics3 tile shows) and the task's scenes downscaled to 48 px (what Llava and
+    the global view show; an object's label goes to its region's cell)."""
+    from vlmforge.data.synth_scenes import sample_scene
 
-    vision = make_tiny_vision(folder / "vision", "siglip", image_size=image_size, patch_size=16)
-    return str(vision), str(make_tiny_llm(folder / "llm", "qwen2"))
+    rng = random.Random(f"{seed}-tower")
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for index in range(count):
+        scene = sample_scene(rng, rng.choice((0, 1, 1, 2, 3)))
+        path = f"images/tile-{index}.png"
+        draw_tile_scene(rng, scene).save(folder / path)
+        records.append({"images": [path], "meta": {"objects": [obj.to_meta() for obj in scene]}})
+    for index, record in enumerate(task_records):
+        with Image.open(task_root / record["images"][0]) as image:
+            small = image.convert("RGB").resize((TOWER_SIZE, TOWER_SIZE), Image.Resampling.BICUBIC)
+        path = f"images/view-{index}.png"
+        small.save(folder / path)
+        records.append({"images": [path], "meta": record["meta"]})
+    return records
 
 
-def build(args, arch: str, out: Path) -> Path:
+def idefics3_layout(slots: list[str]) -> str:
+    """What Idefics3's processor writes for a 3 x 3 grid of tiles at one token per tile (pixel shuffle
+    3 on 3 x 3 patches), each `<image>` replaced by the next of `slots` (9 tiles, then the global view).
+    Mirrors `Idefics3Processor.replace_image_token` (tests/test_compare_tiling.py checks it)."""
+    from vlmforge.model.idefics3 import FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN
+
+    text = ""
+    for row in range(3):
+        text += "".join(f"{FAKE_IMAGE_TOKEN}<row_{row + 1}_col_{col + 1}>{slots[3 * row + col]}" for col in range(3))
+        text += "\n"
+    return text + f"\n{FAKE_IMAGE_TOKEN}{GLOBAL_IMAGE_TOKEN}{slots[9]}{FAKE_IMAGE_TOKEN}"
+
+
+CELL_WORDS = tuple(f"<{colour}_{shape}>" for colour in ("red", "green", "blue", "yellow", "purple", "orange")
+                   for shape in ("circle", "square", "triangle")) + ("<empty>",)
+
+
+def cell_words(record: dict) -> list[str]:
+    """One word per region of the record's scene, row by row: `<red_circle>` ... or `<empty>`."""
+    by_cell = {obj["row"] * 3 + obj["col"]: obj for obj in record["meta"]["objects"]}
+    return [f"<{by_cell[cell]['colour']}_{by_cell[cell]['shape']}>" if cell in by_cell else "<empty>"
+            for cell in range(9)]
+
+
+def cell_word_messages(record: dict, layout: str) -> list[dict]:
+    """The record's messages with `<image>` as its 9 cell words, in Llava's layout (9 tokens in a row)
+    or Idefics3's (9 tiles between layout tokens, then the global view as `<empty>`)."""
+    words = cell_words(record)
+    image = "".join(words) if layout == "llava" else idefics3_layout(words + ["<empty>"])
+    return [{"role": m["role"], "content": m["content"].replace("<image>", image)} for m in record["messages"]]
+
+
+def cell_word_composition(tokenizer):
+    """(ids (19,), weights (19, V)): a cell word's embedding is the mean of its colour's word forms plus
+    the mean of its shape's ("nothing"'s for `<empty>`), as in the demo: the caption's words are then
+    already in the cell's vector, and the LM only has to learn where to look."""
+    import torch
+
+    from vlmforge.data.synth_scenes import COLOUR_BY_NAME, SHAPE_BY_NAME
+
+    def forms(word: str) -> list[str]:
+        chinese = {**{k: v.zh for k, v in COLOUR_BY_NAME.items()}, **{k: v.zh for k, v in SHAPE_BY_NAME.items()}}
+        return [word, f" {word}"] + ([chinese[word]] if word in chinese else [])
+
+    rows = []
+    for word in CELL_WORDS:
+        row = torch.zeros(len(tokenizer))
+        for name in (word[1:-1].split("_") if word != "<empty>" else ["nothing"]):
+            ids = sorted({i for form in forms(name) for i in tokenizer(form, add_special_tokens=False)["input_ids"]})
+            row[ids] += 1.0 / len(ids)
+        rows.append(row)
+    return torch.tensor(tokenizer.convert_tokens_to_ids(list(CELL_WORDS))), torch.stack(rows)
+
+
+def encode_text_conversation(messages: list[dict], tokenizer):
+    """Ids of the chat-templated conversation, trained on the reply. Not `encode_conversation`: that one
+    reads special tokens inside message text as plain text (so data cannot forge them), and the
+    Idefics3 layout tokens here must be the tokens themselves."""
+    from vlmforge.data.tokenize import IGNORE_INDEX, EncodedSample
+
+    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    reply = tokenizer.apply_chat_template(messages, tokenize=False)[len(prompt):]
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
+    return EncodedSample(prompt_ids + reply_ids, [IGNORE_INDEX] * len(prompt_ids) + reply_ids, 0)
+
+
+def pretrain_lm(conversations: list[list[dict]], tokenizer, out_dir: Path, steps: int, seed: int) -> Path:
+    """A tiny Qwen2 LM (hidden 128, 2 layers, 8 heads, tied embeddings, the demo's shape) trained from
+    scratch on `conversations` (loss on the replies, vlmforge's own tokenisation and padding), the cell
+    words' embeddings composed as `cell_word_composition` says; saved with the tokenizer."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from vlmforge.train.batching import pad_samples
+    from vlmforge.train.loop import cosine_with_warmup
+
+    samples = [encode_text_conversation(messages, tokenizer) for messages in conversations]
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=8, head_dim=16, max_position_embeddings=512, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    cell_ids, weights = cell_word_composition(tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, betas=(0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(max(1, steps // 20), steps, 0.1))
+    rng, losses = random.Random(seed), []
+    for _ in range(steps):
+        batch = pad_samples(rng.sample(samples, 32), tokenizer.pad_token_id)
+        table = model.get_input_embeddings().weight  # (V, D), cell-word rows composed of their words' rows
+        table = table.index_put((cell_ids,), weights @ table)
+        loss = model(inputs_embeds=F.embedding(batch["input_ids"], table), attention_mask=batch["attention_mask"],
+                     labels=batch["labels"], use_cache=False).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        weight = model.get_input_embeddings().weight
+        weight[cell_ids] = weights @ weight
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "pretraining_metrics.json").write_text(json.dumps(
+        {"steps": steps, "first_loss": losses[0], "final_loss": statistics.mean(losses[-20:])}) + "\n")
+    return out_dir
+
+
+def scratch_parts(args, out: Path, train_path: Path, test_path: Path) -> dict:
+    """Tokenizer, tower and LM made here; {"vision", "llm", "metrics"}. The tower is the demo's
+    (`pretrain_vision_tower`); the LM is the demo's shape with content-only cell words.
+
+    The LM reads cell words in both families' layouts (half the texts each), so neither model
+    starts with an LM that knows only its rival's image layout."""
+    from vlmforge.data.synth_language import LANGUAGES, describe_scene
+    from vlmforge.data.synth_scenes import sample_scene
+    from vlmforge.data.tokenizer_training import train_bpe_tokenizer
+    from vlmforge.demo.training_loop import read_metrics
+    from vlmforge.demo.vision_pretraining import pretrain_vision_tower
+    from vlmforge.model.idefics3 import add_idefics3_tokens
+
+    records = [json.loads(line) for line in train_path.read_text().splitlines()]
+    rng = random.Random(f"{args.seed}-parts")
+    captions = [describe_scene(sample_scene(rng, rng.randint(1, 3)), lang) for _ in range(500) for lang in LANGUAGES]
+    tokenizer = train_bpe_tokenizer([m["content"] for r in records for m in r["messages"]] + captions, vocab_size=1024)
+    add_idefics3_tokens(tokenizer)  # `<image>` and the layout tokens, so the LM learns them too
+    tokenizer.add_tokens(list(CELL_WORDS))
+    tower_data = out / "parts" / "tower-data"
+    images = tower_records(tower_data, records[:args.tower_views], train_path.parent, args.tower_views, args.seed)
+    random.Random(args.seed).shuffle(images)  # its probe split then holds both kinds
+    vision = pretrain_vision_tower(images, tower_data, out / "parts" / "vision", max_steps=args.tower_steps,
+                                   max_seconds=None, seed=args.seed)
+    conversations = [cell_word_messages(record, ("llava", "idefics3")[index % 2]) for index, record in enumerate(records)]
+    llm = pretrain_lm(conversations, tokenizer, out / "parts" / "llm", args.lm_steps, args.seed)
+    metrics = {"vision": read_metrics(vision), "llm": read_metrics(llm)}
+    metrics["vision"]["probe_by_view"] = probe_by_view(vision, images, tower_data)
+    metrics["llm"]["text_accuracy"] = {layout: lm_text_accuracy(llm, test_path, layout) for layout in ("llava", "idefics3")}
+    return {"vision": str(vision), "llm": str(llm), "metrics": metrics}
+
+
+def probe_by_view(vision_dir: Path, records: list[dict], root: Path) -> dict:
+    """Linear probes on the frozen tower, fitted and scored on one kind of image at a time: how much
+    colour and shape a tile at full size carries, and how much the 48 px view of a whole scene keeps."""
+    from transformers import SiglipVisionModel
+
+    from vlmforge.demo.vision_pretraining import linear_probe, load_scene_tensors
+
+    tower = SiglipVisionModel.from_pretrained(vision_dir).eval()
+    result = {}
+    for kind in ("tile", "view"):
+        chosen = [record for record in records if Path(record["images"][0]).name.startswith(kind)]
+        pixels, colours, shapes = load_scene_tensors(chosen, root)
+        result[kind] = linear_probe(tower, pixels, colours, shapes, split=len(pixels) * 4 // 5)
+    return result
+
+
+def lm_text_accuracy(llm_dir: Path, test_path: Path, layout: str, count: int = 150) -> dict:
+    """The LM alone on test questions, the image given as cell words: the ceiling of what the VLMs can learn."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(llm_dir).eval(), AutoTokenizer.from_pretrained(llm_dir)
+    hits = {}
+    for record in map(json.loads, test_path.read_text().splitlines()[:count]):
+        prompt = tokenizer.apply_chat_template(cell_word_messages(record, layout)[:1], tokenize=False,
+                                               add_generation_prompt=True)
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            output = model.generate(ids, max_new_tokens=8, do_sample=False)
+        said = tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        hits.setdefault(record["type"], []).append(said == record["messages"][-1]["content"])
+    return {kind: statistics.mean(values) for kind, values in hits.items()}
+
+
+# ---- build, train, measure (the same for both tasks) ----
+
+def build(args, parts: dict, arch: str, out: Path) -> Path:
     from vlmforge.model.build import BuildConfig, build_vlm, save_vlm
 
     extra = dict(pixel_shuffle=args.pixel_shuffle, tile_size=args.tile_size, longest_edge=args.longest_edge)
-    model, processor = build_vlm(BuildConfig(vision=args.vision, llm=args.llm, arch=arch,
-                                             **(extra if arch == "idefics3" else {})))
+    model, processor = build_vlm(BuildConfig(vision=parts["vision"], llm=parts["llm"], arch=arch, seed=args.seed,
+                                             images_after_text=True, **(extra if arch == "idefics3" else {})))
     return save_vlm(model, processor, out)
 
 
-def train_model(args, model_dir: Path, data: Path, run: Path):
+def train_stages(args, model_dir: Path, data: Path, runs: Path) -> tuple[Path, dict]:
+    """Each RECIPE:STEPS of --stages in turn, each from the previous one's model; (final model, speed)."""
+    from vlmforge.config import apply_overrides
     from vlmforge.train.loop import train
     from vlmforge.train.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe)
-    recipe.model.path, recipe.data.paths = str(model_dir), [str(data)]
-    for key, value in dict(output_dir=str(run), max_steps=args.steps, batch_size=args.batch, grad_accum=1,
-                           device=args.device, export=True, save_steps=args.steps, log_steps=1, seed=args.seed).items():
-        setattr(recipe.train, key, value)
-    if args.device == "cpu":
-        recipe.train.precision = "fp32"
-    return train(recipe)
+    rows, seconds, steps = [], 0.0, 0
+    for stage in args.stages.split(","):
+        name, count = stage.rsplit(":", 1)
+        overrides = {"model.path": str(model_dir), "data.paths": [str(data)], "data.image_roots": [str(data.parent)],
+                     "train.output_dir": str(runs / name), "train.max_steps": int(count),
+                     "train.save_steps": int(count), "train.batch_size": args.batch, "train.grad_accum": 1,
+                     "train.device": args.device, "train.log_steps": 10, "train.seed": args.seed}
+        if args.device == "cpu":
+            overrides["train.precision"] = "fp32"
+        started = time.perf_counter()
+        result = train(apply_overrides(load_recipe(name), overrides))
+        seconds, steps = seconds + time.perf_counter() - started, steps + result.steps
+        rows += [row for row in result.history[1:] if "tokens_per_s" in row]  # the first window warms up
+        model_dir = Path(result.final_model)
+    speed = {key: statistics.median(row[key] for row in rows) if rows else float("nan")
+             for key in ("tokens_per_s", "samples_per_s")}
+    return model_dir, {**speed, "train_seconds": round(seconds, 1), "steps": steps,
+                       "wall_samples_per_s": steps * args.batch / seconds}
 
 
 def image_tokens_per_sample(processor, data: Path) -> float:
@@ -105,60 +413,118 @@ def image_tokens_per_sample(processor, data: Path) -> float:
     return statistics.mean(counts)
 
 
-def accuracy(model_dir: Path, test: Path, batch: int, device: str) -> float:
-    from vlmforge.infer.chat import answer_records
-    from vlmforge.infer.generate import GenerationOptions
+def evaluate(model_dir: Path, test: Path, out: Path, batch: int, device: str) -> dict:
+    """Exact match on the test split with the images and with blank ones, overall and per question type."""
+    from vlmforge.eval.evaluate import evaluate_model
     from vlmforge.model.load import load
 
     model, processor = load(model_dir, device=None if device == "cpu" else device)
-    records = [json.loads(line) for line in test.read_text().splitlines()]
-    answers = answer_records(model, processor, records, GenerationOptions(max_new_tokens=6), batch_size=batch,
-                             image_roots=[test.parent])
-    truth = [record["messages"][-1]["content"] for record in records]
-    return sum(answer["prediction"].strip() == expected for answer, expected in zip(answers, truth)) / len(truth)
+    truth = {record["id"]: record for record in map(json.loads, test.read_text().splitlines())}
+    scores = {}
+    for name, blank in (("", False), ("blind_", True)):
+        result = evaluate_model(model, processor, test, out, blank_images=blank, batch_size=batch, max_new_tokens=64,
+                                task="vqa", java_metrics=False, progress=False)
+        hits = {}
+        for row in result["per_example"]:
+            record = truth[row["id"]]
+            hits.setdefault(record["type"], []).append(row["prediction"].strip() == record["messages"][-1]["content"])
+        scores[f"{name}accuracy"] = statistics.mean(hit for values in hits.values() for hit in values)
+        scores.update({f"{name}{kind}": statistics.mean(values) for kind, values in hits.items()})
+    return scores
 
 
-def main() -> None:
+def compare(args, out: Path, parts: dict, train_path: Path, test_path: Path) -> dict:
+    from vlmforge.model.load import load
+
+    rows = {}
+    for arch in ("llava", "idefics3"):
+        model_dir = build(args, parts, arch, out / arch / "model")
+        final, speed = train_stages(args, model_dir, train_path, out / arch / "runs")
+        _, processor = load(model_dir)
+        rows[arch] = {**evaluate(final, test_path, out / arch / "eval", args.eval_batch, args.device),
+                      "image_tokens_per_sample": image_tokens_per_sample(processor, test_path), **speed}
+    return rows
+
+
+def write_table(out: Path, args, rows: dict, parts: dict, seconds: float) -> str:
+    import torch
+    import transformers
+
+    columns = [("image tokens / sample", "image_tokens_per_sample", "{:.0f}"), ("accuracy", "accuracy", "{:.1%}"),
+               ("count by colour", "count_colour", "{:.1%}"), ("count by shape", "count_shape", "{:.1%}"),
+               ("blind", "blind_accuracy", "{:.1%}"), ("blind: colour / shape", "blind_count_colour", "{:.1%}"),
+               ("training tokens/s", "tokens_per_s", "{:.0f}"), ("training samples/s", "samples_per_s", "{:.1f}"),
+               ("wall samples/s", "wall_samples_per_s", "{:.1f}")]
+    table = ["| arch | " + " | ".join(title for title, _, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for arch, row in rows.items():
+        cells = [form.format(row[key]) if key in row else "—" for _, key, form in columns]
+        if "blind_count_shape" in row:
+            cells[5] += f" / {row['blind_count_shape']:.1%}"
+        table.append(f"| {arch} | " + " | ".join(cells) + " |")
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "cpu": _cpu_name(),
+                "python": platform.python_version(), "threads": torch.get_num_threads()}
+    report = {"settings": vars(args), "versions": versions, "results": rows, "parts": parts["metrics"],
+              "seconds": round(seconds, 1)}
+    (out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "comparison.md").write_text("\n".join(table) + "\n")
+    return "\n".join(table)
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vision", default="")
     parser.add_argument("--llm", default="")
+    parser.add_argument("--scratch", action="store_true", help="parts made here and the small-object task (CPU)")
     parser.add_argument("--tiny", action="store_true", help="tiny random parts: a smoke run of the script")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--scene-size", type=int, default=768)
+    parser.add_argument("--scene-size", type=int, default=None, help="default 768; --scratch: 144 (3 x 3 tiles)")
     parser.add_argument("--tile-size", type=int, default=None)
-    parser.add_argument("--pixel-shuffle", type=int, default=3)
-    parser.add_argument("--longest-edge", type=int, default=768)
+    parser.add_argument("--pixel-shuffle", type=int, default=None, help="default 3 (3 for --scratch: 3 x 3 patches a tile)")
+    parser.add_argument("--longest-edge", type=int, default=None, help="default the scene size")
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--test", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--recipe", default="instruct-lora")
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--stages", default=None, help="RECIPE:STEPS,... trained in turn; default instruct-lora:600, "
+                                                       "--scratch demo-align:200,demo-instruct-lora:300")
+    parser.add_argument("--batch", type=int, default=None, help="default 8; --scratch 16")
+    parser.add_argument("--eval-batch", type=int, default=50)
+    parser.add_argument("--tower-views", type=int, default=2000, help="--scratch: tower images of each kind")
+    parser.add_argument("--tower-steps", type=int, default=1000)
+    parser.add_argument("--lm-steps", type=int, default=800)
+    parser.add_argument("--device", default=None, help="default cuda; --scratch and --tiny cpu")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    out = Path(args.out)
-    if args.tiny:
-        args.vision, args.llm = tiny_parts(out / "parts", args.tile_size or 64)
-    data = out / "data"
-    train_path = write_split(data, "train", args.train, args.scene_size, args.seed)
-    test_path = write_split(data, "test", args.test, args.scene_size, args.seed)
-    rows = {}
-    for arch in ("llava", "idefics3"):
-        from vlmforge.model.load import load
+    args = parser.parse_args(argv)
+    small = args.scratch or args.tiny
+    args.scene_size = 3 * TOWER_SIZE if args.scratch else (args.scene_size or 768)
+    args.pixel_shuffle = args.pixel_shuffle or 3
+    args.longest_edge = args.longest_edge or args.scene_size
+    args.stages = args.stages or ("demo-align:200,demo-instruct-lora:300" if args.scratch else "instruct-lora:600")
+    args.batch = args.batch or (16 if args.scratch else 8)
+    args.device = args.device or ("cpu" if small else "cuda")
+    return args
 
-        model_dir = build(args, arch, out / arch / "model")
-        result = train_model(args, model_dir, train_path, out / arch / "run")
-        speeds = [row["tokens_per_s"] for row in result.history[1:] if "tokens_per_s" in row] or [float("nan")]  # step 1 warms up
-        _, processor = load(model_dir)
-        rows[arch] = {"accuracy": accuracy(result.final_model, test_path, args.batch, args.device),
-                      "image_tokens_per_sample": image_tokens_per_sample(processor, test_path),
-                      "train_tokens_per_s": statistics.median(speeds)}
-    (out / "comparison.json").write_text(json.dumps({"settings": vars(args), "results": rows}, indent=2) + "\n")
-    table = ["| arch | accuracy | image tokens / sample | training tokens/s |", "|---|---|---|---|"]
-    table += [f"| {arch} | {row['accuracy']:.1%} | {row['image_tokens_per_sample']:.0f} | {row['train_tokens_per_s']:.0f} |"
-              for arch, row in rows.items()]
-    (out / "comparison.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+
+def main() -> None:
+    args = parse_args()
+    started, out = time.perf_counter(), Path(args.out)
+    task = "regions" if args.scratch else "digits"
+    train_path = write_split(out / "data", "train", args.train, args.scene_size, args.seed, task)
+    test_path = write_split(out / "data", "test", args.test, args.scene_size, args.seed, task)
+    if args.scratch:
+        parts = scratch_parts(args, out, train_path, test_path)
+        print(json.dumps(parts["metrics"]), flush=True)
+    elif args.tiny:
+        parts = tiny_parts(out / "parts", args.tile_size or 64)
+    else:
+        parts = {"vision": args.vision, "llm": args.llm, "metrics": {}}
+    rows = compare(args, out, parts, train_path, test_path)
+    print(write_table(out, args, rows, parts, time.perf_counter() - started))
 
 
 if __name__ == "__main__":
