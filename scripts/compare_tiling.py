@@ -4,25 +4,26 @@ With real parts (a GPU run; 768 x 768 scenes with a 3-digit number in a small fo
     python scripts/compare_tiling.py --vision SIGLIP_DIR --llm LLM_DIR --out runs/tiling \\
         --scene-size 768 --tile-size 384 --pixel-shuffle 3 --longest-edge 768 --stages instruct-lora:600 --device cuda
 
-From scratch on a CPU (what docs/high-resolution.md reports; ~25 min at one thread):
+From scratch on a CPU (what docs/high-resolution.md reports; ~14 min at one thread):
     OMP_NUM_THREADS=1 python scripts/compare_tiling.py --scratch --out runs/tiling-cpu
 
-`--scratch` makes every part here, the way `vlmforge demo` does, with a task sized for it: the demo's
-shape scenes (a 3 x 3 grid, 1-3 objects of distinct colours and shapes, the caption names every cell:
-"top left: a red circle; top middle: nothing; ...") drawn as 144 x 144 px images in which each
-grid cell is a 48 px region and each object is SMALL (5-8 px) at a random place inside its region.
-The demo's SigLIP tower (48 px, 16 px patches) is pre-trained per patch on 48 px tiles of such
-objects AND on whole scenes downscaled to 48 px (so Llava's view is one it was trained on: the
-fairest Llava); a tiny Qwen2 LM is pre-trained on the captions with the image as cell words in
-both families' layouts. Llava reads the scene at 48 px (one patch per region; an object becomes a
-2-3 px blob); Idefics3 (tiles of 48 px, longest edge 144, pixel shuffle 3: one token per tile, 3 x 3
-tiles + a global view) reads every region at full size.
+`--scratch` makes every part here, the way `vlmforge demo` does, with a task sized for it: 144 x 144 px
+scenes whose 3 x 3 regions of 48 px hold 1-6 SMALL objects (7-10 px, random colour and shape, at a
+random place inside their region); questions count by colour ("How many red objects are there?")
+or by shape ("How many squares are there?"), and the training split adds the demo's captions. The
+demo's SigLIP tower (48 px, 16 px patches) is pre-trained per patch on 48 px tiles of such objects
+AND on whole scenes downscaled to 48 px (so Llava's view is one it was trained on: the fairest
+Llava); a tiny Qwen2 LM is pre-trained on the conversations with the image as one cell word per
+region, in both families' layouts. Llava reads the scene at 48 px (one patch per region; an
+object becomes a 2-3 px blob); Idefics3 (tiles of 48 px, longest edge 144, pixel shuffle 3: one
+token per tile, 3 x 3 tiles + a global view) reads every region at full size.
 
 Both models are built from the same parts (`build_vlm`, `--arch llava` / `--arch idefics3`), trained
 with the same recipes, steps, batch and learning rates (`train`), and evaluated by exact match on
 held-out scenes, with the images and with blank ones (`evaluate_model`). Written to
-OUT/comparison.md (a table) and OUT/comparison.json: accuracy (exact match; for captions also cells,
-colours and shapes right), blind accuracy, image tokens per sample, training tokens/s and samples/s.
+OUT/comparison.md (a table) and OUT/comparison.json: accuracy (exact match, per question type), blind
+accuracy, image tokens per sample, training tokens/s and samples/s, and the parts' own measures
+(the tower's linear probes on tiles vs downscaled views, the LM alone on cell words).
 
 Smoke run on CPU with tiny random parts (checks the real-parts path, measures nothing):
     python scripts/compare_tiling.py --tiny --out /tmp/tiling --scene-size 256 --tile-size 64 \\
@@ -35,7 +36,6 @@ import argparse
 import json
 import platform
 import random
-import re
 import statistics
 import time
 from pathlib import Path
@@ -68,7 +68,7 @@ def draw_digit_scene(rng: random.Random, size: int) -> tuple[Image.Image, str]:
 # ---- the small-object task (from scratch) ----
 
 def draw_small_object(draw: ImageDraw.ImageDraw, obj, box: tuple[int, int, int, int], rng: random.Random) -> None:
-    """One demo shape of 5-8 px at a random place inside `box` (a 16 px cell), drawn as the demo draws."""
+    """One demo shape of 7-10 px (`OBJECT_SIDES`) at a random place inside `box` (a 16 px cell), drawn as the demo draws."""
     from vlmforge.data.synth_scenes import COLOUR_BY_NAME
 
     left, top, right, _ = box
