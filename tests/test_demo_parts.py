@@ -9,13 +9,14 @@ from PIL import Image
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.data.synth import write_synthetic_dataset
+from vlmforge.demo.cell_words import add_cell_words, cell_word_composition
 from vlmforge.demo.lm_pretraining import (
-    conversation_messages,
-    encode_with_assistant_mask,
+    cell_word_messages,
+    lm_samples,
     pretrain_language_model,
     text_answer_accuracy,
 )
-from vlmforge.demo.parts import conversation_texts, train_demo_tokenizer
+from vlmforge.demo.parts import train_demo_tokenizer
 from vlmforge.demo.training_loop import read_metrics, run_steps
 from vlmforge.demo.vision_pretraining import load_scene_tensors, normalise, pretrain_vision_tower
 from vlmforge.errors import ConfigError, DataError
@@ -70,52 +71,75 @@ def test_vision_tower_loss_drops_and_folder_loads(dataset, tmp_path):
     assert (colour_labels > 0).sum() == sum(len(record["meta"]["objects"]) for record in train[:4])
 
 
-def test_conversation_messages_put_the_caption_in_place_of_the_image(dataset):
+def test_cell_word_messages_put_nine_cell_words_in_place_of_the_image(dataset):
     _, train, _, _ = dataset
-    record = next(r for r in train if r["lang"] == "en")
-    with_caption = conversation_messages(record, "caption")[0]["content"]
-    assert IMAGE_PLACEHOLDER not in with_caption and "top left: " in with_caption
-    assert conversation_messages(record, "drop")[0]["content"] == record["messages"][0]["content"].replace(
-        "\n" + IMAGE_PLACEHOLDER, "")
-    with pytest.raises(ConfigError):
-        conversation_messages(record, "pixels")
+    record = next(r for r in train if r["lang"] == "en" and len(r["messages"]) > 2)
+    messages = cell_word_messages(record)
+    assert IMAGE_PLACEHOLDER not in messages[0]["content"] and messages[0]["content"].count("<") == 9
+    assert [m["content"] for m in messages[1:]] == [m["content"] for m in record["messages"][1:]]
 
 
-def test_assistant_mask_covers_exactly_the_replies(tokenizer):
-    messages = [{"role": "user", "content": "What color is the square?"}, {"role": "assistant", "content": "red"},
-                {"role": "user", "content": "正方形在哪里？"}, {"role": "assistant", "content": "右下"}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    ids, mask = encode_with_assistant_mask(text, tokenizer)
-    assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
-    replies = tokenizer.decode([token for token, is_reply in zip(ids, mask) if is_reply])
-    assert replies == "red<|im_end|>右下<|im_end|>"
+def test_lm_samples_train_the_replies_and_point_each_answer_at_its_cell(dataset, tokenizer):
+    _, train, _, _ = dataset
+    tokenizer = train_demo_tokenizer(train, vocab_size=600)
+    add_cell_words(tokenizer)
+    records = [r for r in train if len(r["messages"]) > 2][:20]
+    for record, sample in zip(records, lm_samples(records, tokenizer)):
+        ids, labels = sample.encoded.input_ids, sample.encoded.labels
+        trained = tokenizer.decode([token for token, label in zip(ids, labels) if label != -100])
+        assert trained == "".join(m["content"] + "<|im_end|>" for m in record["messages"][1::2])
+        asked = [cell for cell in record["meta"]["turn_cells"] if cell is not None]
+        assert len(sample.lookups) == len(asked)
+        first_cell = next(i for i, token in enumerate(ids) if tokenizer.convert_ids_to_tokens(token).startswith("<top_left:"))
+        for (query, key), cell in zip(sample.lookups, asked):
+            assert labels[query] == -100 and labels[query + 1] != -100  # the position that predicts the answer
+            assert key == first_cell + cell
 
 
-def test_language_model_trains_loads_and_generates(dataset, tokenizer, tmp_path):
+def test_language_model_trains_loads_and_generates(dataset, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from vlmforge.demo.cell_words import composed_embedding_matrix
+
     _, train, captions, test = dataset
-    texts = conversation_texts(train + captions, tokenizer)
-    folder = pretrain_language_model(
-        texts, tokenizer, tmp_path / "llm", max_steps=30, max_seconds=None, hidden_size=64, batch_size=16
-    )
+    tokenizer = train_demo_tokenizer(train + captions, vocab_size=600)
+    add_cell_words(tokenizer)
+    composition = cell_word_composition(tokenizer)
+    folder = pretrain_language_model(lm_samples(train + captions, tokenizer), tokenizer, tmp_path / "llm", steps=30,
+                                     hidden_size=64, batch_size=16, learning_rate=3e-3, composition=composition)
     metrics = read_metrics(folder)
     assert metrics["final_loss"] < 0.7 * metrics["first_loss"]
     model = AutoModelForCausalLM.from_pretrained(folder)
     loaded_tokenizer = AutoTokenizer.from_pretrained(folder)
     assert model.config.model_type == "qwen2" and model.config.tie_word_embeddings
-    assert model.get_input_embeddings().weight.shape[0] == len(loaded_tokenizer)
-    prompt = loaded_tokenizer.apply_chat_template(
-        [{"role": "user", "content": "How many shapes are there?"}], tokenize=False, add_generation_prompt=True
-    )
-    input_ids = loaded_tokenizer(prompt, return_tensors="pt")["input_ids"]
-    output = model.generate(input_ids, max_new_tokens=4, do_sample=False)
-    assert output.shape[1] > input_ids.shape[1]
+    assert model.config._attn_implementation != "eager"  # the hint's eager attention is not saved
+    weight = model.get_input_embeddings().weight
+    assert weight.shape[0] == len(loaded_tokenizer)
+    cell_ids, _ = composition
+    with torch.no_grad():  # the composed cell-word rows are what was saved
+        assert torch.allclose(weight[cell_ids], composed_embedding_matrix(weight, composition)[cell_ids], atol=1e-5)
     scores = text_answer_accuracy(model, loaded_tokenizer, test)
-    assert set(scores) == {"overall", "colour", "shape", "position", "count"}
+    assert set(scores) == {"overall", "colour", "shape", "position", "count", "by_position", "follow_up"}
     assert scores["colour"].keys() == {"en", "zh"}
-    assert np.isclose(scores["overall"], np.mean([v for t in ("colour", "shape", "position", "count")
-                                                  for v in scores[t].values()]), atol=1e-3)
+
+
+def test_lookup_hint_teaches_the_last_layer_to_look_at_the_asked_cell(dataset, tmp_path):
+    """With the hint, the hint head's attention on the asked-about cell rises far above a ninth; the
+    loss it adds is what `lookup_weight` scales (0: plain next-token training)."""
+    from transformers import AutoModelForCausalLM
+
+    from vlmforge.demo.lm_pretraining import _losses
+
+    _, train, _, _ = dataset
+    tokenizer = train_demo_tokenizer(train, vocab_size=600)
+    add_cell_words(tokenizer)
+    samples = [sample for sample in lm_samples(train, tokenizer) if sample.lookups]
+    folder = pretrain_language_model(samples, tokenizer, tmp_path / "llm", steps=60, hidden_size=64, num_heads=4,
+                                     batch_size=16, learning_rate=3e-3, composition=cell_word_composition(tokenizer))
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    with torch.no_grad():
+        _, lookup_loss = _losses(model, samples[:32], tokenizer.pad_token_id, None)
+    assert float(torch.exp(-lookup_loss)) > 0.3  # geometric-mean weight on the asked cell; untrained ≈ 1/30
 
 
 def test_loop_needs_a_limit_and_stops_at_max_steps():
@@ -124,24 +148,6 @@ def test_loop_needs_a_limit_and_stops_at_max_steps():
     progress_seen = []
     result = run_steps(lambda progress: progress_seen.append(progress) or 1.0, 4, None, desc="x")
     assert result.steps == 4 and progress_seen == [0.0, 0.25, 0.5, 0.75]
-
-
-def test_make_demo_parts_gives_folders_that_vlmforge_build_joins(dataset, tmp_path):
-    from vlmforge.demo.parts import make_demo_parts
-    from vlmforge.model.build import BuildConfig, build_vlm
-
-    out_dir, _, _, test = dataset
-    parts = make_demo_parts(out_dir, tmp_path, vision_steps=2, lm_steps=2, vision_seconds=None, lm_seconds=None,
-                            vocab_size=600)
-    assert parts["metrics"]["vision"]["steps"] == 2 and parts["metrics"]["llm"]["steps"] == 2
-    model, processor = build_vlm(BuildConfig(vision=parts["vision"], llm=parts["llm"]))
-    assert model.config.image_seq_length == 9  # one image token per grid cell
-    record = test[0]
-    prompt = processor.apply_chat_template(record["messages"][:1], tokenize=False, add_generation_prompt=True)
-    inputs = processor(images=[Image.open(out_dir / record["images"][0])], text=prompt, return_tensors="pt")
-    assert (inputs["input_ids"] == model.config.image_token_index).sum() == 9
-    with torch.no_grad():
-        assert model(**inputs).logits.shape[:2] == inputs["input_ids"].shape
 
 
 def test_vision_pretraining_rejects_records_without_scenes(dataset, tmp_path):

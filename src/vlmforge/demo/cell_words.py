@@ -1,38 +1,45 @@
-"""Cell words: one token per content of a grid cell, the text stand-in for the demo's 9 image tokens.
+"""Cell words: one token per grid cell and its content, the text stand-in for the demo's 9 image tokens.
 
 The demo's vision tower gives one image token per cell of the 3×3 grid. The language model is
 pre-trained on text where the `<image>` placeholder is replaced by exactly 9 cell words in grid
 order, no separators, so they sit where the 9 image tokens will sit:
 
-    "What color is the square?\\n<empty><red_circle><empty><empty><blue_square><empty><empty><empty><empty>"
+    "What color is the square?\\n<top_left:empty><top_middle:red_circle>…<bottom_right:empty>"
 
-There are 19 cell words: `<red_circle>` … `<orange_triangle>` (6 colours × 3 shapes) and `<empty>`.
+There are 9 × 19 cell words: each cell's position with one of 6 colours × 3 shapes, or `empty`.
 They are plain added tokens (not special: decoding keeps them). A cell word's embedding is tied
-to the embeddings of the words that name it (`cell_word_composition`): `<red_square>` is the mean
-of "red" / " red" / "红色" plus the mean of "square" / " square" / "正方形", so the answer words
-are already in the cell's vector and the LM only has to learn *which* cell a question names.
+to the embeddings of the words that name it (`cell_word_composition`): `<bottom_right:red_square>`
+is the mean of "red" / " red" / "红色" plus the mean of "square" / " square" / "正方形" plus the mean
+of "bottom right" / " bottom right" / "右下" (an empty cell: of "nothing" / "无"). The answer words
+are then already inside the cell's vector (input and output embeddings are tied), and the LM only
+has to learn *which* cell a question names, by content or by place, as a ViT's patch tokens carry
+both what they show and where they are.
 """
 
 from __future__ import annotations
 
 from vlmforge.data.synth import scene_of_record
-from vlmforge.data.synth_scenes import COLOURS, GRID_SIZE, SHAPES, Scene
+from vlmforge.data.synth_language import EMPTY_CELL_WORDS as EMPTY_WORDS
+from vlmforge.data.synth_language import POSITION_NAMES
+from vlmforge.data.synth_scenes import COLOUR_BY_NAME, COLOURS, GRID_SIZE, SHAPE_BY_NAME, SHAPES, Scene
 from vlmforge.errors import ModelError
 
-EMPTY_CELL_WORD = "<empty>"
-CELL_WORDS = tuple(f"<{colour.name}_{shape.name}>" for colour in COLOURS for shape in SHAPES) + (EMPTY_CELL_WORD,)
+EMPTY = "empty"
+POSITION_SLUGS = tuple(name.replace(" ", "_") for row in POSITION_NAMES["en"] for name in row)  # grid order
+CONTENTS = tuple(f"{colour.name}_{shape.name}" for colour in COLOURS for shape in SHAPES) + (EMPTY,)
+CELL_WORDS = tuple(f"<{slug}:{content}>" for slug in POSITION_SLUGS for content in CONTENTS)
 
 
-def cell_word(colour: str, shape: str) -> str:
-    return f"<{colour}_{shape}>"
+def cell_word(cell: int, content: str = EMPTY) -> str:
+    """The word of grid cell `cell` (0-8, row by row) holding `content` ("red_circle", …, or "empty")."""
+    return f"<{POSITION_SLUGS[cell]}:{content}>"
 
 
 def scene_cell_words(scene: Scene) -> str:
     """The 9 cell words of a scene in grid order (row by row from the top left), no separators."""
     by_cell = {obj.cell: obj for obj in scene}
-    words = [cell_word(by_cell[cell].colour, by_cell[cell].shape) if cell in by_cell else EMPTY_CELL_WORD
-             for cell in range(GRID_SIZE * GRID_SIZE)]
-    return "".join(words)
+    return "".join(cell_word(cell, f"{by_cell[cell].colour}_{by_cell[cell].shape}" if cell in by_cell else EMPTY)
+                   for cell in range(GRID_SIZE * GRID_SIZE))
 
 
 def record_cell_words(record: dict) -> str:
@@ -41,7 +48,7 @@ def record_cell_words(record: dict) -> str:
 
 
 def add_cell_words(tokenizer) -> list[int]:
-    """Add the 19 cell words to `tokenizer` as plain tokens (a no-op for those present); returns their ids."""
+    """Add the 171 cell words to `tokenizer` as plain tokens (a no-op for those present); returns their ids."""
     tokenizer.add_tokens([word for word in CELL_WORDS if word not in tokenizer.get_vocab()])
     return [tokenizer.convert_tokens_to_ids(word) for word in CELL_WORDS]
 
@@ -51,24 +58,32 @@ def _naming_forms(name: str, chinese: str) -> list[str]:
     return [name, f" {name}", chinese]
 
 
-def cell_word_composition(tokenizer):
-    """Which embeddings each object cell word is made of: (cell ids (K,), weights (K, V)), K = 18.
+def _content_forms(content: str) -> list[list[str]]:
+    if content == EMPTY:
+        return [_naming_forms(EMPTY_WORDS["en"], EMPTY_WORDS["zh"])]
+    colour, shape = content.split("_")
+    return [_naming_forms(colour, COLOUR_BY_NAME[colour].zh), _naming_forms(shape, SHAPE_BY_NAME[shape].zh)]
 
-    Row k averages the token ids of the colour's forms and, separately, of the shape's forms, and
-    adds the two averages: embedding(cell) = weights[k] @ embedding matrix. `<empty>` is not
-    composed; it keeps its own trained embedding.
+
+def cell_word_composition(tokenizer):
+    """Which embeddings each cell word is made of: (cell ids (K,), weights (K, V)), K = 171.
+
+    Row k averages the token ids of each naming word's forms (the position's, the colour's and the
+    shape's, or "nothing"'s) and adds the averages: embedding(cell word) = weights[k] @ embedding matrix.
     """
     import torch
 
     vocab_size = len(tokenizer)
     cell_ids, rows = [], []
-    for colour in COLOURS:
-        for shape in SHAPES:
+    for cell, slug in enumerate(POSITION_SLUGS):
+        row_index, col_index = divmod(cell, GRID_SIZE)
+        place = _naming_forms(POSITION_NAMES["en"][row_index][col_index], POSITION_NAMES["zh"][row_index][col_index])
+        for content in CONTENTS:
             row = torch.zeros(vocab_size)
-            for forms in (_naming_forms(colour.name, colour.zh), _naming_forms(shape.name, shape.zh)):
+            for forms in (place, *_content_forms(content)):
                 ids = sorted({i for form in forms for i in tokenizer(form, add_special_tokens=False)["input_ids"]})
                 row[ids] += 1.0 / len(ids)
-            cell_ids.append(_token_id(tokenizer, cell_word(colour.name, shape.name)))
+            cell_ids.append(_token_id(tokenizer, cell_word(cell, content)))
             rows.append(row)
     return torch.tensor(cell_ids), torch.stack(rows)
 

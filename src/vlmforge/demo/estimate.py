@@ -14,23 +14,27 @@ from __future__ import annotations
 
 import time
 
-# The reference run (docs/demo.md, seed 0, 2-core Xeon): the LM's 8000 steps took 309 s.
-REFERENCE_STEP_SECONDS = 309 / 8000
-# Its other stage times, per unit of work: data 5 s for 20 800 scenes; parts, besides the LM's steps,
-# ~25 s for 300 vision steps and 800 text answers; build under 1 s; align 39 s for 400 steps; instruct
-# 55 s for 600 steps; eval 2 s for 2 × 800 answers.
-SECONDS_PER_SCENE = 5 / 20_800
-SECONDS_PER_VISION_STEP = 15 / 300
-SECONDS_PER_TEXT_ANSWER = 10 / 800
+# The reference run (seed 0 of the default budget, 2-core AMD EPYC, 1 thread, the machine shared with one
+# other job; 2026-12-01): its probe step took 213 ms, the LM's 2000 steps 464 s.
+REFERENCE_STEP_SECONDS = 464 / 2000
+# Its other stage times, per unit of work: data 24 s for 21 200 scenes; parts, besides the LM's steps,
+# 24 s for 150 vision steps and ~4.7 ms per training record (tokenizer, encoding) plus 18 ms per text
+# answer of the LM alone; build under 1 s; align 132 s for 400 steps; instruct 205 s for 600 steps;
+# eval 10 s for 2 × 1200 answers.
+SECONDS_PER_SCENE = 24 / 21_200
+SECONDS_PER_VISION_STEP = 24 / 150
+SECONDS_PER_RECORD = 4.7e-3
+SECONDS_PER_TEXT_ANSWER = 0.018
 BUILD_SECONDS = 1.0
-SECONDS_PER_ALIGN_STEP = 39 / 400
-SECONDS_PER_INSTRUCT_STEP = 55 / 600
-SECONDS_PER_EVAL_ANSWER = 2 / 1600
-# The probe's batch: 32 texts of ~36 tokens (the demo's mean padded length), a vocabulary of ~600.
+SECONDS_PER_ALIGN_STEP = 132 / 400
+SECONDS_PER_INSTRUCT_STEP = 205 / 600
+SECONDS_PER_EVAL_ANSWER = 10 / 2400
+# The probe's batch: 32 random texts of ~36 tokens, a vocabulary of 640 (the demo's are longer and larger:
+# STEP_PER_PROBE_STEP carries the difference).
 PROBE_BATCH, PROBE_LENGTH, PROBE_VOCAB = 32, 36, 640
-# A real step (cell-word embeddings composed, batches drawn and padded) costs more than the probe's:
-# 1.31-1.34 probe steps, measured side by side on a 2-core EPYC (1 thread, 2026-12-01).
-STEP_PER_PROBE_STEP = 1.3
+# A real step (composed cell words, the lookup hint's eager attention, logits only where trained)
+# against the probe's plain step: 232 / 213 ms in the reference run.
+STEP_PER_PROBE_STEP = 1.09
 
 
 def measure_lm_step_seconds(max_seconds: float = 1.0, warmup_steps: int = 2, timed_steps: int = 5) -> float:
@@ -79,13 +83,17 @@ def _probe_model(torch, shape: dict):
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3), batch
 
 
+LM_TEXT_ANSWERS = 240  # test questions the LM alone answers (balanced: the test split cycles type × language)
+
+
 def reference_stage_seconds(budget) -> dict[str, float]:
     """Each stage's seconds in the reference run's terms, for `budget` (a `DemoBudget`)."""
     align_steps, instruct_steps = _recipe_steps(budget)
     return {
         "data": (budget.num_train + budget.num_test) * SECONDS_PER_SCENE,
         "parts": (budget.lm_steps * REFERENCE_STEP_SECONDS + budget.vision_steps * SECONDS_PER_VISION_STEP
-                  + budget.num_test * SECONDS_PER_TEXT_ANSWER),
+                  + (budget.num_train + budget.lm_captions) * SECONDS_PER_RECORD
+                  + min(budget.num_test, LM_TEXT_ANSWERS) * SECONDS_PER_TEXT_ANSWER),
         "build": BUILD_SECONDS,
         "align": align_steps * SECONDS_PER_ALIGN_STEP,
         "instruct": instruct_steps * SECONDS_PER_INSTRUCT_STEP,

@@ -1,12 +1,22 @@
-"""Pre-train a tiny Qwen2 causal LM from scratch on the demo's conversations, rendered with its chat template.
+"""Pre-train the demo's tiny Qwen2 LM from scratch on its conversations, the image given as 9 cell words.
 
-The texts come from `conversation_texts`: each synthetic record's conversation, with the `<image>`
-placeholder replaced by the scene's 9 cell words ("cells", see `cell_words`), its caption ("top
-left: a red circle; top middle: nothing; …") or dropped. With cell words, the LM learns to answer
-from 9 tokens in the places of the 9 image tokens, so the VLM stages only have to teach the
-projector to "write" each cell's word into its image token. `text_answer_accuracy` measures
-exactly that skill on held-out records. With `composition` (from `cell_word_composition`), each
-cell word's embedding is tied to the words that name it during training and written so at the end.
+    samples = lm_samples(records, tokenizer)                 # every turn of every conversation
+    folder = pretrain_language_model(samples, tokenizer, "parts/llm", steps=1500, composition=...)
+
+Text becomes ids and labels the way vlmforge trains every model: `data.tokenize.encode_conversation`
+(the tokenizer's chat template, loss on the assistant replies and their end-of-turn token), batches
+are padded by `train.batching.pad_samples` and grouped by length by `data.dataset.LengthGroupedSampler`,
+and the learning rate follows `train.loop.cosine_with_warmup`.
+
+Two things are the demo's own, both measured in docs/demo.md:
+- **cell words** (`cell_words`) stand in for the image, their embeddings tied to the words that name
+  their content and place (`composition`), so answers are already inside the cells' vectors;
+- **a lookup hint**: besides the next-token loss, one attention head of the last layer is trained to
+  look, from the position that predicts an answer, at the cell the question asks about
+  (`meta.turn_cells` of the synthetic records). Finding a named cell among nine is the one skill a
+  from-scratch 2-layer LM learns slowly on its own (thousands of steps at chance); with the hint it
+  takes hundreds. The hint shapes pre-training only: the saved model is a plain Qwen2 causal LM, and
+  the VLM stages train it with the ordinary loss.
 
 The saved folder (model + tokenizer) loads with `AutoModelForCausalLM` / `AutoTokenizer`.
 """
@@ -14,54 +24,58 @@ The saved folder (model + tokenizer) loads with `AutoModelForCausalLM` / `AutoTo
 from __future__ import annotations
 
 import logging
-import math
-import random
-import re
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
-from vlmforge.data.synth import scene_of_record
-from vlmforge.data.synth_language import describe_scene
-from vlmforge.demo.cell_words import composed_embedding_matrix, record_cell_words
+from vlmforge.data.tokenize import IGNORE_INDEX, EncodedSample, encode_conversation, encode_prompt
+from vlmforge.demo.cell_words import CELL_WORDS, composed_embedding_matrix, record_cell_words
 from vlmforge.demo.training_loop import run_steps, write_metrics
 from vlmforge.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TEXT_MODES = ("caption", "cells", "drop")
-LOSS_ON = ("all", "assistant")
-# A ChatML assistant turn: the header (a prompt token) and the reply up to and including <|im_end|>.
-_ASSISTANT_TURN = re.compile(r"(<\|im_start\|>assistant\n)(.*?<\|im_end\|>)", re.S)
+LOOKUP_HEAD = 0  # the head of the last layer that the lookup hint trains
 
 
-def conversation_messages(record: dict, image_text: str = "caption") -> list[dict]:
-    """The record's messages with `<image>` replaced by the scene caption ("caption"), its 9 cell words
-    ("cells") or removed ("drop")."""
-    if image_text not in IMAGE_TEXT_MODES:
-        raise ConfigError(f"image_text must be one of {IMAGE_TEXT_MODES}, got {image_text!r}")
-    stand_in = ""
-    if image_text == "caption":
-        stand_in = describe_scene(scene_of_record(record), record["lang"])
-    elif image_text == "cells":
-        stand_in = record_cell_words(record)
-    messages = []
-    for message in record["messages"]:
-        content = message["content"].replace(IMAGE_PLACEHOLDER, stand_in).strip("\n")
-        messages.append({"role": message["role"], "content": content})
-    return messages
+@dataclass
+class LmSample:
+    """One conversation as training ids, with the (query position, cell position) pairs the hint trains."""
+
+    encoded: EncodedSample
+    lookups: list[tuple[int, int]] = field(default_factory=list)
 
 
-def conversation_texts(records: list[dict], tokenizer, image_text: str = "caption") -> list[str]:
-    """Every record's conversation rendered with the tokenizer's chat template (`image_text` as above)."""
-    return [
-        tokenizer.apply_chat_template(conversation_messages(record, image_text), tokenize=False)
-        for record in records
-    ]
+def cell_word_messages(record: dict) -> list[dict]:
+    """The record's messages with its `<image>` placeholder replaced by the scene's 9 cell words."""
+    cells = record_cell_words(record)
+    return [{"role": message["role"], "content": message["content"].replace(IMAGE_PLACEHOLDER, cells).strip("\n")}
+            for message in record["messages"]]
+
+
+def lm_samples(records: list[dict], tokenizer) -> list[LmSample]:
+    """Every record as an `LmSample`; a record's `meta.turn_cells` (if any) gives its lookups."""
+    cell_ids = set(tokenizer.convert_tokens_to_ids(list(CELL_WORDS)))
+    samples = []
+    for record in records:
+        encoded = encode_conversation(cell_word_messages(record), tokenizer, IMAGE_PLACEHOLDER, 0, None)
+        samples.append(LmSample(encoded, _lookups(encoded, record.get("meta", {}).get("turn_cells"), cell_ids)))
+    return samples
+
+
+def _lookups(encoded: EncodedSample, turn_cells: list | None, cell_ids: set[int]) -> list[tuple[int, int]]:
+    """(position that predicts turn i's first answer token, position of the cell turn i asks about)."""
+    first_cell = next((i for i, token in enumerate(encoded.input_ids) if token in cell_ids), None)
+    if not turn_cells or first_cell is None:
+        return []
+    labels = encoded.labels
+    answer_starts = [i for i in range(1, len(labels)) if labels[i] != IGNORE_INDEX and labels[i - 1] == IGNORE_INDEX]
+    return [(start - 1, first_cell + cell) for start, cell in zip(answer_starts, turn_cells) if cell is not None]
 
 
 def make_language_model(vocab_size: int, hidden_size: int, num_layers: int, tokenizer, seed: int,
-                        num_heads: int | None = None, rope_theta: float = 10_000.0):
+                        num_heads: int | None = None):
     """A fresh Qwen2 LM with tied embeddings; `num_heads` defaults to one head per 32 dimensions."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -77,7 +91,6 @@ def make_language_model(vocab_size: int, hidden_size: int, num_layers: int, toke
         num_attention_heads=num_heads,
         num_key_value_heads=num_heads,
         head_dim=hidden_size // num_heads,
-        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
         max_position_embeddings=1024,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
@@ -89,86 +102,98 @@ def make_language_model(vocab_size: int, hidden_size: int, num_layers: int, toke
 
 
 def pretrain_language_model(
-    texts: list[str],
+    samples: list[LmSample],
     tokenizer,
     out_dir: str | Path,
     *,
-    max_steps: int | None = None,
-    max_seconds: float | None = 90.0,
+    steps: int,
     seed: int = 0,
     hidden_size: int = 128,
     num_layers: int = 2,
     num_heads: int | None = None,
-    rope_theta: float = 10_000.0,
     batch_size: int = 32,
-    learning_rate: float = 3e-3,
+    learning_rate: float = 1e-3,
     warmup_fraction: float = 0.05,
-    loss_on: str = "all",
-    bf16: bool = False,
+    min_lr_ratio: float = 0.1,
+    lookup_weight: float = 1.0,
     composition=None,
 ) -> Path:
-    """Train a Qwen2 LM from scratch on ChatML `texts`, save it with the tokenizer; returns `out_dir`.
+    """Train a Qwen2 LM from scratch on `samples`, save it with the tokenizer; returns `out_dir`.
 
-    `loss_on="all"` trains next-token prediction on every token, "assistant" on the replies only.
-    bf16 autocast is off by default: at this size its casts cost more than its GEMMs save on CPU.
-    Batches are drawn from texts of similar length (little padding). `composition` (cell ids,
+    `lookup_weight` scales the lookup hint's loss (0: next-token loss only). `composition` (cell ids,
     weights), from `cell_word_composition`: those rows of the embedding matrix are the weighted sums
     of other rows during training, and are saved so.
     """
+    import numpy as np
     import torch
 
-    if loss_on not in LOSS_ON:
-        raise ConfigError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
-    if not texts:
-        raise DataError("language-model pre-training got no texts")
-    encoded = [encode_with_assistant_mask(text, tokenizer) for text in texts]
-    model = make_language_model(len(tokenizer), hidden_size, num_layers, tokenizer, seed, num_heads, rope_theta)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.95))
-    batches = LengthBuckets(encoded, batch_size, seed)
+    from vlmforge.data.dataset import LengthGroupedSampler
+    from vlmforge.train.loop import cosine_with_warmup
 
-    def step(progress: float) -> float:
-        _set_learning_rate(optimizer, learning_rate * _warmup_cosine(progress, warmup_fraction))
-        input_ids, attention_mask, labels = _padded_batch(batches.sample(), tokenizer, loss_on == "assistant")
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(inputs_embeds=_embed(model, input_ids, composition), attention_mask=attention_mask,
-                         labels=labels, use_cache=False).loss
+    if not samples:
+        raise DataError("language-model pre-training got no samples")
+    model = make_language_model(len(tokenizer), hidden_size, num_layers, tokenizer, seed, num_heads)
+    model.set_attn_implementation("eager")  # the hint reads attention weights
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(max(1, round(warmup_fraction * steps)), steps, min_lr_ratio))
+    sampler = LengthGroupedSampler([len(s.encoded.input_ids) for s in samples], batch_size, seed=seed)
+    batches = _endless_batches(sampler)
+    pad_id = tokenizer.pad_token_id
+
+    def step(_progress: float) -> float:
+        batch = [samples[int(i)] for i in next(batches)]
+        token_loss, lookup_loss = _losses(model, batch, pad_id, composition)
+        loss = token_loss + lookup_weight * lookup_loss if lookup_weight else token_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        return loss.item()
+        schedule.step()
+        return token_loss.item()
 
     model.train()
-    loop = run_steps(step, max_steps, max_seconds, desc="language model")
+    loop = run_steps(step, steps, None, desc="language model")
     model.eval()
+    model.set_attn_implementation("sdpa")
     if composition is not None:
         _write_composed_rows(model, composition)
-    metrics = {
-        **loop.summary(),
-        "texts": len(texts),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+    metrics = {**loop.summary(), "samples": len(samples), "parameters": sum(p.numel() for p in model.parameters()),
+               "mean_length": round(float(np.mean([len(s.encoded.input_ids) for s in samples])), 1)}
     logger.info("language model: %d steps in %.1fs, loss %.3f → %.3f", loop.steps, loop.seconds,
                 metrics["first_loss"], metrics["final_loss"])
     return _save_language_folder(model, tokenizer, out_dir, metrics)
 
 
-class LengthBuckets:
-    """Random batches of texts of similar length, so a batch of short questions is not padded to
-    caption length: texts are sorted by length (ties in random order); a batch is `batch_size`
-    texts drawn from the window of 2 × `batch_size` neighbours around a random text."""
+def _endless_batches(sampler):
+    epoch = 0
+    while True:
+        sampler.set_epoch(epoch)
+        yield from sampler.batches()
+        epoch += 1
 
-    def __init__(self, encoded: list, batch_size: int, seed: int):
-        self.rng = random.Random(seed)
-        tie_break = [self.rng.random() for _ in encoded]
-        order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i][0]), tie_break[i]))
-        self.sorted = [encoded[i] for i in order]
-        self.batch_size = min(batch_size, len(encoded))
 
-    def sample(self) -> list:
-        window = min(2 * self.batch_size, len(self.sorted))
-        start = min(max(0, self.rng.randrange(len(self.sorted)) - self.batch_size), len(self.sorted) - window)
-        return self.rng.sample(self.sorted[start:start + window], self.batch_size)
+def _losses(model, batch: list[LmSample], pad_id: int, composition):
+    """(next-token loss on the replies, lookup-hint loss): the mean negative log attention weight that
+    the last layer's hint head puts on the asked-about cell."""
+    import torch
+    import torch.nn.functional as F
+
+    from vlmforge.train.batching import pad_samples
+
+    padded = pad_samples([sample.encoded for sample in batch], pad_id)
+    labels = padded["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+    trained = labels != IGNORE_INDEX
+    out = model.model(inputs_embeds=_embed(model, padded["input_ids"], composition),
+                      attention_mask=padded["attention_mask"], output_attentions=True, use_cache=False)
+    hidden = out.last_hidden_state[:, :-1][trained]  # (N, D): logits only where a token is trained
+    token_loss = F.cross_entropy(model.lm_head(hidden), labels[trained])
+    rows = [(row, query, key) for row, sample in enumerate(batch) for query, key in sample.lookups]
+    if not rows:
+        return token_loss, token_loss.new_zeros(())
+    row, query, key = (torch.tensor(column) for column in zip(*rows))
+    weights = out.attentions[-1][row, LOOKUP_HEAD, query, key]  # (L,)
+    return token_loss, -torch.log(weights + 1e-6).mean()
 
 
 def _embed(model, input_ids, composition):
@@ -189,55 +214,6 @@ def _write_composed_rows(model, composition) -> None:
         weight.copy_(composed_embedding_matrix(weight, composition))
 
 
-def _warmup_cosine(progress: float, warmup_fraction: float) -> float:
-    if progress < warmup_fraction:
-        return (progress + 1e-3) / warmup_fraction
-    done = (progress - warmup_fraction) / max(1e-9, 1.0 - warmup_fraction)
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
-
-
-def _set_learning_rate(optimizer, learning_rate: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate
-
-
-def encode_with_assistant_mask(text: str, tokenizer) -> tuple[list[int], list[bool]]:
-    """Token ids of a ChatML text and, per token, whether it belongs to an assistant reply.
-
-    Pieces are tokenised one by one; special tokens and the newline after the role already split
-    byte-level BPE there, so the ids equal those of the whole text.
-    """
-    ids, mask, position = [], [], 0
-
-    def add(piece: str, is_reply: bool):
-        piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
-        ids.extend(piece_ids)
-        mask.extend([is_reply] * len(piece_ids))
-
-    for match in _ASSISTANT_TURN.finditer(text):
-        add(text[position : match.end(1)], False)
-        add(match.group(2), True)
-        position = match.end()
-    add(text[position:], False)
-    return ids, mask
-
-
-def _padded_batch(sequences: list[tuple[list[int], list[bool]]], tokenizer, replies_only: bool):
-    """Right-pad (ids, reply mask) pairs to the longest; returns input_ids, attention_mask, labels, each (B, T)."""
-    import torch
-
-    longest = max(len(ids) for ids, _ in sequences)
-    input_ids = torch.full((len(sequences), longest), tokenizer.pad_token_id)
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    trained = torch.zeros((len(sequences), longest), dtype=torch.bool)
-    for row, (ids, reply_mask) in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-        trained[row, : len(ids)] = torch.tensor(reply_mask) if replies_only else True
-    labels = input_ids.masked_fill(~trained, -100)
-    return input_ids, attention_mask, labels
-
-
 def _save_language_folder(model, tokenizer, out_dir: str | Path, metrics: dict) -> Path:
     out_dir = Path(out_dir)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -248,20 +224,21 @@ def _save_language_folder(model, tokenizer, out_dir: str | Path, metrics: dict) 
     return out_dir
 
 
-def text_answer_accuracy(model, tokenizer, records: list[dict], image_text: str = "caption") -> dict:
-    """Greedy answers to each record's first question, the image replaced as in training; exact-match
-    accuracy per question type and language: {"overall": x, "colour": {"en": x, "zh": y}, ...}."""
+def text_answer_accuracy(model, tokenizer, records: list[dict]) -> dict:
+    """Greedy answers to each record's last question, the image given as cell words and earlier turns as
+    recorded; exact-match accuracy per record type and language: {"overall": x, "colour": {"en": x}, ...}."""
     import torch
 
     hits = defaultdict(list)
     for record in records:
-        question = conversation_messages(record, image_text)[:1]
-        prompt = tokenizer.apply_chat_template(question, tokenize=False, add_generation_prompt=True)
-        input_ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        messages = cell_word_messages(record)
+        prompt = encode_prompt(messages[:-1], tokenizer, IMAGE_PLACEHOLDER, 0)
+        input_ids = torch.tensor([prompt])
         with torch.no_grad():
-            output = model.generate(input_ids, max_new_tokens=8, do_sample=False)
+            output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=8,
+                                    do_sample=False)
         answer = tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
-        hits[(record["type"], record["lang"])].append(answer == record["messages"][1]["content"])
+        hits[(record["type"], record["lang"])].append(answer == messages[-1]["content"])
     table = defaultdict(dict)
     for (qtype, lang), results in sorted(hits.items()):
         table[qtype][lang] = round(sum(results) / len(results), 4)

@@ -5,8 +5,8 @@
 
 Every step is vlmforge's own public API, the way a user would chain it:
   1. data      `write_synthetic_dataset`: shape scenes, captions and questions in English and Chinese;
-  2. parts     a BPE tokenizer with 19 cell words, a SigLIP tower (per-cell objective) and a Qwen2 LM
-               pre-trained on text where the image is its 9 cell words (see `cell_words`);
+  2. parts     a BPE tokenizer with cell words, a SigLIP tower (per-cell objective) and a Qwen2 LM
+               pre-trained on text where the image is its 9 cell words (`cell_words`, `lm_pretraining`);
   3. build     `build_vlm` / `save_vlm`: the Llava folder;
   4. align     `train` with the shipped recipe `demo-align` (projector only, captions);
   5. instruct  `train` with `demo-instruct-lora` (projector + LoRA, conversations), vision frozen;
@@ -58,19 +58,18 @@ class DemoBudget:
     eval_batch_size: int = 100
 
 
-DEFAULT_BUDGET = DemoBudget(num_train=20_000, num_test=800, vision_steps=300, lm_steps=8000, lm_captions=1000,
+DEFAULT_BUDGET = DemoBudget(num_train=20_000, num_test=1200, vision_steps=150, lm_steps=2000, lm_captions=1000,
                             align_steps=None, instruct_steps=None)
-FAST_BUDGET = DemoBudget(num_train=4000, num_test=200, vision_steps=100, lm_steps=600, lm_captions=400,
-                         align_steps=60, instruct_steps=250)
+FAST_BUDGET = DemoBudget(num_train=4000, num_test=240, vision_steps=100, lm_steps=400, lm_captions=400,
+                         align_steps=60, instruct_steps=150)
 
-# Questions name their object by its shape or its colour. Naming it by its cell ("What color is the shape at
-# the bottom right?") is a second hop the 2-layer LM learns far more slowly (docs/demo.md, measured):
-# `vlmforge data synth` keeps all three referents by default.
-DEMO_REFERENTS = ("shape", "colour")
+# Half the training conversations go on about their image for a turn or two, so follow-up questions
+# (asked after the image, not before it) are learned as well as first ones.
+MULTI_TURN_FRACTION = 0.5
 
-# The LM the demo pre-trains (measured in docs/demo.md): small enough for thousands of steps a minute.
+# The LM the demo pre-trains (measured in docs/demo.md): small enough for a thousand steps a minute.
 LM_SHAPE = {"hidden_size": 128, "num_layers": 2, "num_heads": 8}
-LM_TRAINING = {"batch_size": 32, "learning_rate": 1e-3, "loss_on": "assistant"}
+LM_TRAINING = {"batch_size": 32, "learning_rate": 1e-3}
 
 
 def budget_for(config: DemoConfig) -> DemoBudget:
@@ -131,7 +130,7 @@ def make_data(data_dir: Path, seed: int, budget: DemoBudget) -> Path:
     from vlmforge.data.synth import write_synthetic_dataset
 
     write_synthetic_dataset(data_dir, seed=seed, num_train=budget.num_train, num_val=0, num_test=budget.num_test,
-                            question_position="before", referents=DEMO_REFERENTS)
+                            question_position="before", multi_turn_fraction=MULTI_TURN_FRACTION)
     return data_dir
 
 
@@ -139,8 +138,9 @@ def make_parts(data_dir: Path, parts_dir: Path, seed: int, budget: DemoBudget) -
     """Tokenizer with cell words, vision tower and LM from scratch; {"vision", "llm", "metrics"}."""
     from vlmforge.data.records import read_records
     from vlmforge.demo.cell_words import add_cell_words, cell_word_composition
-    from vlmforge.demo.lm_pretraining import pretrain_language_model
-    from vlmforge.demo.parts import conversation_texts, train_demo_tokenizer
+    from vlmforge.demo.estimate import LM_TEXT_ANSWERS
+    from vlmforge.demo.lm_pretraining import lm_samples, pretrain_language_model
+    from vlmforge.demo.parts import train_demo_tokenizer
     from vlmforge.demo.training_loop import read_metrics
     from vlmforge.demo.vision_pretraining import pretrain_vision_tower
 
@@ -150,12 +150,12 @@ def make_parts(data_dir: Path, parts_dir: Path, seed: int, budget: DemoBudget) -
     add_cell_words(tokenizer)
     vision_dir = pretrain_vision_tower(train[:budget.vision_images], data_dir, parts_dir / "vision",
                                        max_steps=budget.vision_steps, max_seconds=None, seed=seed)
-    texts = conversation_texts(first_turns(train) + captions[:budget.lm_captions], tokenizer, image_text="cells")
-    llm_dir = pretrain_language_model(texts, tokenizer, parts_dir / "llm", max_steps=budget.lm_steps,
-                                      max_seconds=None, seed=seed, composition=cell_word_composition(tokenizer),
-                                      **LM_SHAPE, **LM_TRAINING)
+    samples = lm_samples(train + captions[:budget.lm_captions], tokenizer)
+    llm_dir = pretrain_language_model(samples, tokenizer, parts_dir / "llm", steps=budget.lm_steps, seed=seed,
+                                      composition=cell_word_composition(tokenizer), **LM_SHAPE, **LM_TRAINING)
     metrics = {"vision": read_metrics(vision_dir), "llm": read_metrics(llm_dir)}
-    metrics["llm"]["text_answer_accuracy"] = lm_text_accuracy(llm_dir, read_records(data_dir / "test.jsonl"))
+    test = read_records(data_dir / "test.jsonl")[:LM_TEXT_ANSWERS]  # balanced: the split cycles type × language
+    metrics["llm"]["text_answer_accuracy"] = lm_text_accuracy(llm_dir, test)
     return {"vision": str(vision_dir), "llm": str(llm_dir), "metrics": metrics}
 
 
@@ -166,13 +166,7 @@ def lm_text_accuracy(llm_dir: Path, records: list[dict]) -> dict:
     from vlmforge.demo.lm_pretraining import text_answer_accuracy
 
     model, tokenizer = AutoModelForCausalLM.from_pretrained(llm_dir), AutoTokenizer.from_pretrained(llm_dir)
-    return text_answer_accuracy(model.eval(), tokenizer, records, image_text="cells")
-
-
-def first_turns(records: list[dict]) -> list[dict]:
-    """Each record cut to its first question and answer: the LM's pre-training texts then all have the
-    test format (question, 9 cell words, answer), and are 14 % shorter on average."""
-    return [{**record, "messages": record["messages"][:2]} for record in records]
+    return text_answer_accuracy(model.eval(), tokenizer, records)
 
 
 def build_model(parts: dict, vlm_dir: Path, seed: int) -> Path:
@@ -227,6 +221,7 @@ def evaluate(model_dir: Path, test_path: Path, eval_dir: Path, batch_size: int) 
 def make_report(results: dict, data_dir: Path, model_dir: Path, stage_seconds: dict, total_seconds: float,
                 part_metrics: dict) -> dict:
     from vlmforge.demo.report import accuracy_table, overall_accuracy
+    from vlmforge.utils.machine import describe_machine
 
     normal, blind = results["normal"]["per_example"], results["blind"]["per_example"]
     return {
@@ -236,6 +231,7 @@ def make_report(results: dict, data_dir: Path, model_dir: Path, stage_seconds: d
         "blind_overall": overall_accuracy(blind),
         "seconds": round(total_seconds, 1),
         "stage_seconds": stage_seconds,
+        "machine": describe_machine(),
         "model_dir": str(model_dir),
         "num_test": len(normal),
         "parts": part_metrics,
@@ -252,7 +248,7 @@ def pick_samples(test_path: Path, per_example: list[dict], count: int = 2) -> li
 
     by_id = {str(row["id"]): row for row in per_example}
     records = [record for record in read_records(test_path) if len(record["meta"]["objects"]) > 1]
-    chosen = [next((r for r in records if r["lang"] == lang and r["type"] != "count"), None) for lang in LANGUAGES]
+    chosen = [next((r for r in records if r["lang"] == lang and r["type"] not in ("count", "follow_up")), None) for lang in LANGUAGES]
     chosen = [record for record in chosen if record is not None][:count]
     return [sample_conversation(record, by_id[record["id"]]["prediction"],
                                 describe_scene(scene_of_record(record), record["lang"]),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
-from vlmforge.data.synth_language import LANGUAGES, QUESTION_TYPES
+from vlmforge.data.synth_language import FOLLOW_UP, LANGUAGES, QUESTION_TYPES
 
 
 def accuracy_table(per_example: list[dict]) -> dict[str, dict[str, float]]:
@@ -21,7 +21,7 @@ def accuracy_table(per_example: list[dict]) -> dict[str, dict[str, float]]:
     scores: dict[tuple[str, str], list[float]] = defaultdict(list)
     for row in per_example:
         scores[(row.get("type") or "(none)", row.get("lang") or "?")].append(float(row["score"]))
-    types = [t for t in QUESTION_TYPES if any(key[0] == t for key in scores)]
+    types = [t for t in (*QUESTION_TYPES, FOLLOW_UP) if any(key[0] == t for key in scores)]
     types += sorted({key[0] for key in scores} - set(types))
     table: dict[str, dict[str, float]] = {}
     for qtype in types:

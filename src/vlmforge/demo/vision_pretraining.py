@@ -1,9 +1,9 @@
 """Pre-train a tiny SigLIP vision tower on shape scenes with a per-patch (dense) objective.
 
-Each 16 px patch of a 48 px scene covers exactly one grid cell. Two linear heads read every
-patch's output and predict the colour (or "empty") and the shape (or "empty") of its cell; the
-heads are thrown away after training, leaving a tower whose every image token carries its own
-cell's content. A fresh linear probe on frozen features, scored on images the tower never saw,
+Each 16 px patch of a 48 px scene covers exactly one grid cell. Three linear heads read every
+patch's output and predict the colour (or "empty") and the shape (or "empty") of its cell, and
+which cell it is; the heads are thrown away after training, leaving a tower whose every image
+token carries its own cell's content and place (the LM's cell words carry both). A fresh linear probe on frozen features, scored on images the tower never saw,
 measures how well it does. The folder holds the model, a `SiglipImageProcessor` and
 `pretraining_metrics.json`.
 
@@ -134,17 +134,22 @@ def _cell_heads(hidden_size: int):
 
     colour_head = torch.nn.Linear(hidden_size, len(COLOUR_CLASSES))
     shape_head = torch.nn.Linear(hidden_size, len(SHAPE_CLASSES))
-    return torch.nn.ModuleDict({"colour": colour_head, "shape": shape_head})
+    cell_head = torch.nn.Linear(hidden_size, GRID_SIZE * GRID_SIZE)
+    return torch.nn.ModuleDict({"colour": colour_head, "shape": shape_head, "cell": cell_head})
 
 
 def _dense_loss(heads, features, colour_labels, shape_labels):
-    """Cross-entropy of every patch's colour and shape; features (B, 9, D), labels (B, 9)."""
+    """Cross-entropy of every patch's colour, shape and cell; features (B, 9, D), labels (B, 9)."""
+    import torch
     import torch.nn.functional as F
 
     colour_logits = heads["colour"](features)  # (B, 9, C)
     shape_logits = heads["shape"](features)  # (B, 9, S)
+    cell_logits = heads["cell"](features)  # (B, 9, 9)
+    cells = torch.arange(features.shape[1]).expand(features.shape[0], -1)  # (B, 9)
     colour_loss = F.cross_entropy(colour_logits.flatten(0, 1), colour_labels.flatten())
-    return colour_loss + F.cross_entropy(shape_logits.flatten(0, 1), shape_labels.flatten())
+    cell_loss = F.cross_entropy(cell_logits.flatten(0, 1), cells.flatten())
+    return colour_loss + F.cross_entropy(shape_logits.flatten(0, 1), shape_labels.flatten()) + cell_loss
 
 
 def linear_probe(model, pixels, colour_labels, shape_labels, split: int, steps: int = 300) -> dict:
