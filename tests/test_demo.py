@@ -167,7 +167,8 @@ def _chat_answers_equal_the_evaluated_ones(out):
     model, processor = load(out / "model")
     lines = (out / "eval" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
     evaluated = {row["id"]: row["prediction"] for row in map(json.loads, lines)}
-    for record in read_records(out / "data" / "test.jsonl")[:8]:
+    first_turns = [r for r in read_records(out / "data" / "test.jsonl") if r["type"] != "follow_up"]
+    for record in first_turns[:8]:  # a follow-up's history is the recorded answer, a chat's is the model's
         question = record["messages"][0]["content"].replace("<image>", "").strip()
         as_chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         as_trained = record["messages"][:1]
