@@ -31,7 +31,7 @@ from pathlib import Path
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.data.tokenize import IGNORE_INDEX, EncodedSample, encode_conversation, encode_prompt
 from vlmforge.demo.cell_words import CELL_WORDS, composed_embedding_matrix, record_cell_words
-from vlmforge.demo.training_loop import run_steps, write_metrics
+from vlmforge.demo.training_loop import run_steps, update, write_metrics
 from vlmforge.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -144,17 +144,10 @@ def pretrain_language_model(
     def step(_progress: float) -> float:
         batch = [samples[int(i)] for i in next(batches)]
         token_loss, lookup_loss = _losses(model, batch, pad_id, composition)
-        loss = token_loss + lookup_weight * lookup_loss if lookup_weight else token_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        update(optimizer, token_loss + lookup_weight * lookup_loss, model.parameters(), 1.0, schedule)
         return token_loss.item()
 
-    model.train()
-    loop = run_steps(step, steps, None, desc="language model")
-    model.eval()
+    loop = run_steps(step, steps, None, desc="language model", model=model)
     model.set_attn_implementation("sdpa")
     if composition is not None:
         _write_composed_rows(model, composition)

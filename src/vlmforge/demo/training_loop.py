@@ -46,14 +46,17 @@ def _mean(values: list[float]) -> float:
 
 
 def run_steps(
-    step: Callable[[float], float], max_steps: int | None, max_seconds: float | None, desc: str
+    step: Callable[[float], float], max_steps: int | None, max_seconds: float | None, desc: str, model=None
 ) -> LoopResult:
     """Call `step(progress) -> loss` until `max_steps` steps or `max_seconds` seconds, whichever comes first.
 
     `progress` in [0, 1) is how far the loop is towards the nearer limit (for learning-rate schedules).
+    `model`, when given, is in train mode during the loop and in eval mode after it.
     """
     if max_steps is None and max_seconds is None:
         raise ConfigError("a pre-training needs a limit: give max_steps, max_seconds or both")
+    if model is not None:
+        model.train()
     result, start = LoopResult(), time.perf_counter()
     limit_steps = max_steps if max_steps is not None else math.inf
     limit_seconds = max_seconds if max_seconds is not None else math.inf
@@ -66,7 +69,24 @@ def run_steps(
             if result.steps % 10 == 0:
                 bar.set_postfix(loss=f"{result.recent_loss():.3f}")
     result.seconds = time.perf_counter() - start
+    if model is not None:
+        model.eval()
     return result
+
+
+def update(optimizer, loss, parameters=None, max_norm: float | None = None, schedule=None) -> float:
+    """One optimizer update from `loss` (zero the gradients, backward, clip `parameters` to `max_norm`
+    when given, step, then `schedule`); returns the loss as a float."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    optimizer.step()
+    if schedule is not None:
+        schedule.step()
+    return loss.item()
 
 
 def write_metrics(folder: str | Path, metrics: dict) -> None:

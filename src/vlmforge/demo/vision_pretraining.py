@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 
 from vlmforge.data.synth_scenes import COLOURS, GRID_SIZE, SHAPES
-from vlmforge.demo.training_loop import run_steps, write_metrics
+from vlmforge.demo.training_loop import run_steps, update, write_metrics
 from vlmforge.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -113,15 +113,10 @@ def pretrain_vision_tower(
 
     def step(_progress: float) -> float:
         batch = torch.tensor(rng.sample(range(split), min(batch_size, split)))
-        loss = _dense_loss(heads, patch_features(model, pixels[batch]), colour_labels[batch], shape_labels[batch])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
+        return update(optimizer, _dense_loss(heads, patch_features(model, pixels[batch]), colour_labels[batch],
+                                             shape_labels[batch]))
 
-    model.train()
-    loop = run_steps(step, max_steps, max_seconds, desc="vision tower")
-    model.eval()
+    loop = run_steps(step, max_steps, max_seconds, desc="vision tower", model=model)
     probe = linear_probe(model, pixels, colour_labels, shape_labels, split) if num_probe else {}
     metrics = {**loop.summary(), "train_images": split, "probe_images": num_probe, "probe": probe}
     logger.info("vision tower: %d steps in %.1fs, loss %.3f, probe %s", loop.steps, loop.seconds,
