@@ -359,6 +359,14 @@ def lm_text_accuracy(llm_dir: Path, test_path: Path, layout: str, count: int = 1
     return {kind: statistics.mean(values) for kind, values in hits.items()}
 
 
+def tiny_parts(folder: Path, image_size: int) -> dict:
+    """Random tiny parts for a smoke run of the real-parts path."""
+    from vlmforge.model.tiny import make_tiny_llm, make_tiny_vision
+
+    vision = make_tiny_vision(folder / "vision", "siglip", image_size=image_size, patch_size=16)
+    return {"vision": str(vision), "llm": str(make_tiny_llm(folder / "llm", "qwen2")), "metrics": {}}
+
+
 # ---- build, train, measure (the same for both tasks) ----
 
 def build(args, parts: dict, arch: str, out: Path) -> Path:

@@ -128,3 +128,8 @@ def test_lm_texts_keep_the_layout_tokens_whole_and_train_the_reply(script):
     assert tokens.count("<fake_token_around_image>") == 11 and "<row_3_col_3>" in tokens
     trained = tokenizer.decode([label for label in sample.labels if label != -100])
     assert trained.startswith("one<|im_end|>")
+
+
+def test_tiny_parts_for_the_real_parts_smoke_run(script, tmp_path):
+    parts = script.tiny_parts(tmp_path, 64)
+    assert (Path(parts["vision"]) / "config.json").exists() and (Path(parts["llm"]) / "config.json").exists()
