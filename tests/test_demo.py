@@ -148,7 +148,11 @@ def _printed_next_command_works_pasted(printed: str, report: dict, folder):
     assert f"image {shown_image}: {sample['description']}" in printed
     chat = lines[lines.index("next, in this folder:") + 1].strip()
     assert f" chat demo-out/model --image {shown_image} --prompt " in chat, chat
-    fresh = {"PATH": FRESH_SHELL_PATH, "HOME": str(folder), "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
+    import torch
+
+    # the same thread count as the run that made the answer: greedy answers are compared exactly
+    fresh = {"PATH": FRESH_SHELL_PATH, "HOME": str(folder), "LANG": "C.UTF-8",
+             "OMP_NUM_THREADS": str(torch.get_num_threads())}
     result = subprocess.run(["bash", "-c", chat], cwd=folder, env=fresh, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
