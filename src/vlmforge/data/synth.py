@@ -126,8 +126,9 @@ def _checked_referents(referents) -> tuple[str, ...]:
     unknown = sorted(set(referents) - set(REFERENTS))
     if unknown:
         raise ConfigError(f"unknown referents {unknown}; choose from {list(REFERENTS)}")
-    for qtype in QUESTION_TYPES[:4]:  # by_position is there only when "position" is a referent
-        if qtype not in askable_types(referents):
+    askable = askable_types(referents)
+    for qtype in QUESTION_TYPES:
+        if qtype != "by_position" and qtype not in askable:  # by_position needs the "position" referent
             raise ConfigError(f"referents {list(referents)} leave no way to ask a {qtype} question")
     return referents
 
@@ -136,15 +137,14 @@ def _make_split(out_dir: Path, split: str, count: int, rng: random.Random, optio
     image_dir = out_dir / "images" / split
     image_dir.mkdir(parents=True, exist_ok=True)
     records = []
+    types = askable_types(options["referents"])
     for index in tqdm(range(count), desc=f"synth {split}", unit="img", leave=False):
         scene = _sample_scene_in_split(rng, split)
         relative_path = f"images/{split}/{index + 1:06d}.png"
         render_scene(scene, options["image_size"], rng).save(out_dir / relative_path)
-        types = askable_types(options["referents"])
         qtype, lang = _pick_type_and_language(split, index, rng, options["zh_fraction"], types)
         if qtype == FOLLOW_UP:
-            turns = _follow_up_turns(scene, types[(index // (2 * len(types) + 2)) % len(types)], lang, rng, types,
-                                     options["referents"])
+            turns = _follow_up_turns(scene, _held_out_round(index, types), lang, rng, types, options["referents"])
         else:
             num_turns = rng.randint(2, 3) if rng.random() < turn_fraction else 1
             turns = _conversation_turns(scene, qtype, lang, num_turns, rng, options["referents"], types)
@@ -167,6 +167,13 @@ def _pick_type_and_language(split: str, index: int, rng: random.Random, zh_fract
         kinds = (*types, FOLLOW_UP)
         return kinds[index % len(kinds)], LANGUAGES[(index // len(kinds)) % len(LANGUAGES)]
     return rng.choice(types), ("zh" if rng.random() < zh_fraction else "en")
+
+
+def _held_out_round(index: int, types: tuple[str, ...]) -> str:
+    """The scored type of held-out record `index` when it is a follow-up: the next type on each full
+    cycle through (type + follow_up) × language, so follow-ups ask every type in turn."""
+    cycle = (len(types) + 1) * len(LANGUAGES)
+    return types[(index // cycle) % len(types)]
 
 
 def _follow_up_turns(scene: Scene, scored_type: str, lang: str, rng: random.Random, types: tuple[str, ...],

@@ -83,9 +83,6 @@ def _probe_model(torch, shape: dict):
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3), batch
 
 
-LM_TEXT_ANSWERS = 240  # test questions the LM alone answers (balanced: the test split cycles type × language)
-
-
 def reference_stage_seconds(budget) -> dict[str, float]:
     """Each stage's seconds in the reference run's terms, for `budget` (a `DemoBudget`)."""
     align_steps, instruct_steps = _recipe_steps(budget)
@@ -93,7 +90,7 @@ def reference_stage_seconds(budget) -> dict[str, float]:
         "data": (budget.num_train + budget.num_test) * SECONDS_PER_SCENE,
         "parts": (budget.lm_steps * REFERENCE_STEP_SECONDS + budget.vision_steps * SECONDS_PER_VISION_STEP
                   + (budget.num_train + budget.lm_captions) * SECONDS_PER_RECORD
-                  + min(budget.num_test, LM_TEXT_ANSWERS) * SECONDS_PER_TEXT_ANSWER),
+                  + min(budget.num_test, budget.lm_text_answers) * SECONDS_PER_TEXT_ANSWER),
         "build": BUILD_SECONDS,
         "align": align_steps * SECONDS_PER_ALIGN_STEP,
         "instruct": instruct_steps * SECONDS_PER_INSTRUCT_STEP,

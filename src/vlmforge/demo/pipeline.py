@@ -55,6 +55,7 @@ class DemoBudget:
     align_steps: int | None  # None: the recipe's max_steps
     instruct_steps: int | None
     vision_images: int = 10_000  # the tower is done after ~100 steps: more images only cost loading time
+    lm_text_answers: int = 240  # test questions the LM alone answers (the first ones: the split cycles type × language)
     eval_batch_size: int = 100
 
 
@@ -138,7 +139,6 @@ def make_parts(data_dir: Path, parts_dir: Path, seed: int, budget: DemoBudget) -
     """Tokenizer with cell words, vision tower and LM from scratch; {"vision", "llm", "metrics"}."""
     from vlmforge.data.records import read_records
     from vlmforge.demo.cell_words import add_cell_words, cell_word_composition
-    from vlmforge.demo.estimate import LM_TEXT_ANSWERS
     from vlmforge.demo.lm_pretraining import lm_samples, pretrain_language_model
     from vlmforge.demo.parts import train_demo_tokenizer
     from vlmforge.demo.training_loop import read_metrics
@@ -154,7 +154,7 @@ def make_parts(data_dir: Path, parts_dir: Path, seed: int, budget: DemoBudget) -
     llm_dir = pretrain_language_model(samples, tokenizer, parts_dir / "llm", steps=budget.lm_steps, seed=seed,
                                       composition=cell_word_composition(tokenizer), **LM_SHAPE, **LM_TRAINING)
     metrics = {"vision": read_metrics(vision_dir), "llm": read_metrics(llm_dir)}
-    test = read_records(data_dir / "test.jsonl")[:LM_TEXT_ANSWERS]  # balanced: the split cycles type × language
+    test = read_records(data_dir / "test.jsonl")[:budget.lm_text_answers]
     metrics["llm"]["text_answer_accuracy"] = lm_text_accuracy(llm_dir, test)
     return {"vision": str(vision_dir), "llm": str(llm_dir), "metrics": metrics}
 
