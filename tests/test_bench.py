@@ -287,7 +287,7 @@ def test_unknown_config_and_bad_steps_are_config_errors():
         get_config("huge")
     with pytest.raises(ConfigError, match="steps"):
         run_bench("tiny", steps=0)
-    assert set(CONFIGS) == {"tiny", "small", "7b-lora"}
+    assert set(CONFIGS) == {"tiny", "small", "7b-lora", "tiny-idefics3", "small-idefics3"}
 
 
 def test_plan_counts_parameters_and_activations_by_hand():

@@ -10,6 +10,11 @@ trainable weights only (LoRA, projector). Attention adds 4·head_dim·heads per 
 layer forward (QKᵀ and AV; causal in the LLM: T(T+1)/2 pairs; all P² pairs in the vision tower),
 twice that backward. The LM head runs only where the loss needs it (trained positions), unless
 `logits_on_all` (the plain `labels=` path, full logits). Norms, activations and softmax are left out.
+
+Idefics3 (`--arch idefics3`) counts the same way per tile: the tower runs on every real tile (a
+padding tile is skipped by the model, so it is not counted), and the connector maps each s×s block
+of a tile's patch features (s = pixel shuffle) with one linear layer, so the LLM gets patches/s²
+tokens per tile.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from vlmforge.train.trainability import language_linear_names
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The sizes FLOPs depend on: a Llava model (vision tower → MLP projector → decoder LLM) with LoRA."""
+    """The sizes FLOPs depend on: a Llava model (vision tower → MLP projector → decoder LLM) or an Idefics3
+    model (tower on each tile → pixel shuffle + one linear → decoder LLM), with LoRA."""
 
     image_size: int
     patch_size: int
@@ -38,6 +44,8 @@ class ModelShape:
     vocab: int
     lora_rank: int = 0
     lora_targets: tuple[str, ...] = ()  # leaf names of the decoder linears with LoRA (q_proj, ...)
+    connector: str = "mlp"  # "mlp" (Llava: Linear → GELU → Linear) or "pixel_shuffle" (Idefics3)
+    scale: int = 1  # pixel shuffle: s×s patches become one LLM token (Idefics3's scale_factor)
 
     @classmethod
     def from_model(cls, model, lora_rank: int = 0, target_modules=()) -> ModelShape:
@@ -46,9 +54,11 @@ class ModelShape:
 
     @classmethod
     def from_llava_config(cls, config, lora_rank: int = 0, lora_targets=()) -> ModelShape:
-        """The shape `config` describes; without `lora_targets`, LoRA goes where training would put it
-        (`config_lora_targets`: every linear of the language model)."""
+        """The shape a Llava or Idefics3 `config` describes (Idefics3: `image_size` is a tile); without
+        `lora_targets`, LoRA goes where training would put it (`config_lora_targets`: every linear of the
+        language model)."""
         vision, text = config.vision_config, config.text_config
+        shuffle = getattr(config, "model_type", "") == "idefics3"
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         return cls(image_size=vision.image_size, patch_size=vision.patch_size, channels=getattr(vision, "num_channels", 3),
                    vision_hidden=vision.hidden_size, vision_layers=vision.num_hidden_layers,
@@ -56,11 +66,18 @@ class ModelShape:
                    heads=text.num_attention_heads, kv_heads=getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
                    head_dim=head_dim, intermediate=text.intermediate_size, vocab=text.vocab_size,
                    lora_rank=lora_rank,
-                   lora_targets=tuple(lora_targets or (config_lora_targets(config) if lora_rank else ())))
+                   lora_targets=tuple(lora_targets or (config_lora_targets(config) if lora_rank else ())),
+                   connector="pixel_shuffle" if shuffle else "mlp", scale=config.scale_factor if shuffle else 1)
 
     @property
     def patches(self) -> int:
+        """Patches the tower reads per image (Llava) or per tile (Idefics3)."""
         return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def tokens_per_view(self) -> int:
+        """LLM tokens per image (Llava) or per tile (Idefics3: patches / s²), layout tokens aside."""
+        return self.patches // self.scale**2
 
     def llm_linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of one decoder layer."""
@@ -90,6 +107,8 @@ class ModelShape:
 
     @property
     def projector_params(self) -> int:
+        if self.connector == "pixel_shuffle":  # one Linear(s²·dv → d), no bias
+            return self.scale**2 * self.vision_hidden * self.hidden
         return self.vision_hidden * self.hidden + self.hidden * self.hidden
 
 
@@ -123,7 +142,7 @@ class StepTokens:
     """What one step computes on: each row's tokens, the images, and the positions the loss trains."""
 
     lengths: tuple[int, ...]  # tokens per row (real tokens, or the padded row length)
-    images: int
+    images: int  # images the tower reads (Llava), or tiles (Idefics3: global views included)
     trained_tokens: int
 
 
@@ -159,8 +178,12 @@ def vision_flops(shape: ModelShape, images: int, trained: bool) -> tuple[float, 
 
 
 def projector_flops(shape: ModelShape, images: int, vision_trained: bool) -> tuple[float, float]:
-    tokens = images * shape.patches
+    """(forward, backward) of the projector on `images` images (Llava) or tiles (Idefics3)."""
+    tokens = images * shape.tokens_per_view
     forward = 2 * shape.projector_params * tokens
+    if shape.connector == "pixel_shuffle":  # one linear: input gradients only towards a trained tower
+        input_grads = 2 * shape.projector_params * tokens if vision_trained else 0
+        return forward, 2 * shape.projector_params * tokens + input_grads
     input_grads = 2 * shape.hidden * shape.hidden * tokens  # into linear_2's input, for linear_1's weights
     if vision_trained:
         input_grads += 2 * shape.vision_hidden * shape.hidden * tokens
@@ -187,14 +210,16 @@ def training_flops(shape: ModelShape, step: StepTokens, vision_trained: bool = F
     head = 2 * shape.hidden * shape.vocab * head_positions  # forward; its input gradient costs the same
     forward = vision[0] + projector[0] + llm[0] + head
     backward = vision[1] + projector[1] + llm[1] + head
-    image_tokens = step.images * shape.patches
+    patches, image_tokens = step.images * shape.patches, step.images * shape.tokens_per_view
     six_n_t = (6 * (shape.llm_linear_params + shape.lora_params + shape.hidden * shape.vocab) * sum(step.lengths)
-               + 6 * (shape.vision_layer_params + shape.patch_embed_params + shape.projector_params) * image_tokens)
+               + 6 * (shape.vision_layer_params + shape.patch_embed_params) * patches
+               + 6 * shape.projector_params * image_tokens)
     return FlopCount(float(forward), float(backward), float(six_n_t))
 
 
 def batch_step_tokens(micro_batches, padded: bool = False) -> StepTokens:
-    """The `StepTokens` of a step's collated micro-batches (`input_ids`, `attention_mask`, `labels`, `pixel_values`)."""
+    """The `StepTokens` of a step's collated micro-batches (`input_ids`, `attention_mask`, `labels`, `pixel_values`);
+    its `images` are tiles for Idefics3."""
     from vlmforge.data.tokenize import IGNORE_INDEX
 
     lengths, images, trained = [], 0, 0
@@ -204,5 +229,15 @@ def batch_step_tokens(micro_batches, padded: bool = False) -> StepTokens:
         mask = batch["attention_mask"]  # (B, T)
         lengths += [mask.shape[1]] * mask.shape[0] if padded else mask.sum(dim=1).tolist()
         trained += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        images += 0 if batch.get("pixel_values") is None else int(batch["pixel_values"].shape[0])
+        images += vision_inputs(batch.get("pixel_values"))
     return StepTokens(tuple(int(length) for length in lengths), images, trained)
+
+
+def vision_inputs(pixel_values) -> int:
+    """Images the tower runs on: Llava's (N, C, H, W); Idefics3's (B, N_tiles, C, H, W) tiles that are not all
+    zeros (the zero padding tiles of shorter rows, which the model skips)."""
+    if pixel_values is None:
+        return 0
+    if pixel_values.dim() == 4:
+        return int(pixel_values.shape[0])
+    return int((pixel_values != 0).flatten(2).any(dim=-1).sum())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 
 from vlmforge.bench.vlmforge_training import VlmforgeSide
+from vlmforge.train.trainability import part_of
 from vlmforge.train.recipe import Recipe
 
 LEVERS = ("padding", "logits", "vision_autograd", "lora_dropout", "precision")
@@ -42,7 +43,7 @@ class LeverSide(VlmforgeSide):
             full_logits(self.trainer.base_model)
             self.run.logits_on_all = True
         if lever == "vision_autograd":
-            self.vision = [p for name, p in self.trainer.base_model.named_parameters() if "vision_tower" in name]
+            self.vision = [p for name, p in self.trainer.base_model.named_parameters() if part_of(name) == "vision"]
             for parameter in self.vision:
                 parameter.requires_grad_(True)
             self.run.vision_trained = True

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlmforge.bench.flops import ModelShape
+from vlmforge.bench.models import describe_image_tokens
 
 GIB = 2**30
 CONTEXT_BYTES = 1.5 * GIB
@@ -109,15 +110,17 @@ def format_plan(result: dict, title: str) -> str:
                      f"{row['gb_checkpointing']:>17.1f}{mark(row['fits_checkpointing'])}")
     if result.get("image_tokens"):
         lines.append(f"images: {result['image_tokens']}")
+    if result.get("bench_images"):
+        lines.append(f"the bench's images: {describe_image_tokens(result['bench_images'])}")
     lines.append(f"recommended: {result['advice']}  (estimate; ✗ = over 92 % of the GPU)")
     return "\n".join(lines)
 
 
 def bench_config_shape(config, lora_rank: int, lora_targets=()) -> ModelShape:
     """The `ModelShape` of a bench config (`configs.CONFIGS`), from the Llava config of its shapes (no weights)."""
-    from vlmforge.bench.models import bench_llava_config
+    from vlmforge.bench.models import bench_vlm_config
 
-    return ModelShape.from_llava_config(bench_llava_config(config), lora_rank, lora_targets)
+    return ModelShape.from_llava_config(bench_vlm_config(config), lora_rank, lora_targets)
 
 
 def plan_recipe(recipe_name: str, gpu_gb: float, model_path: str = "", bench_config: str = "small",
@@ -138,31 +141,46 @@ def plan_recipe(recipe_name: str, gpu_gb: float, model_path: str = "", bench_con
         shape = ModelShape.from_llava_config(config, recipe.lora.rank, targets)
         tied, source = bool(getattr(config.text_config, "tie_word_embeddings", False)), path
     else:
-        shape = bench_config_shape(get_config(bench_config), recipe.lora.rank, targets)
-        tied, source = bench_config == "tiny", f"bench config {bench_config}"
+        bench = get_config(bench_config)
+        shape = bench_config_shape(bench, recipe.lora.rank, targets)
+        tied, source = bench_config.startswith("tiny"), f"bench config {bench_config}"
     parts = (recipe.trainable.vision, recipe.trainable.projector, recipe.trainable.llm)
     result = plan(shape, parts, seq_len or recipe.data.max_length, gpu_gb, tied)
-    result["image_tokens"] = _image_tokens(path, config if path else None, shape)
+    if path:
+        result["image_tokens"] = _image_tokens(path, config)
+    else:
+        result.update(_bench_image_tokens(bench, shape))
     title = f"memory plan: recipe {recipe_name} on {source} (vision {parts[0]}, projector {parts[1]}, llm {parts[2]}" \
             + (f", LoRA rank {recipe.lora.rank})" if parts[2] == "lora" else ")")
     return result, title
 
 
-def _image_tokens(path: str, config, shape: ModelShape) -> str:
-    """How many tokens an image becomes: from the folder's configs (Llava or Idefics3), else the bench shape's patches."""
+def _image_tokens(path: str, config) -> str:
+    """How many tokens an image becomes, from the folder's configs (Llava or Idefics3)."""
     import json
     from pathlib import Path
 
     from vlmforge.model.idefics3 import image_token_summary
 
-    if config is None:
-        return f"{shape.patches} image tokens per image (llava: every image alike)"
     preprocessor = Path(path) / "preprocessor_config.json"
     try:
         settings = json.loads(preprocessor.read_text(encoding="utf-8")) if preprocessor.is_file() else None
     except (OSError, ValueError):
         settings = None
     return image_token_summary(config, settings if isinstance(settings, dict) else None)
+
+
+def _bench_image_tokens(bench, shape: ModelShape) -> dict:
+    """The `image_tokens` line of a bench config; for Idefics3, whose count depends on the image's size, also
+    `bench_images`: what the bench's own images become, asked of the processor its model folder gets."""
+    from vlmforge.bench.models import bench_processor, bench_vlm_config, image_token_counts
+    from vlmforge.model.idefics3 import image_token_summary
+
+    if bench.arch == "llava":
+        return {"image_tokens": f"{shape.patches} image tokens per image (llava: every image alike)"}
+    size = bench.data_image_size
+    return {"image_tokens": image_token_summary(bench_vlm_config(bench), {"size": {"longest_edge": size}}),
+            "bench_images": image_token_counts(bench_processor(bench), size)}
 
 
 def _read_llava_config(path: str):

@@ -75,6 +75,10 @@ def format_report(report: dict) -> str:
     head = [f"vlmforge bench --config {report['config']}  on {machine['cpu']} ({machine['cpu_cores']} cores"
             + (f", {machine['gpu']}" if machine.get("gpu") else "") + f"), torch {machine['torch']}",
             f"GEMM {gemm['size']}²: fp32 {_number(gemm['fp32_tflops'], 3)} TFLOP/s, bf16 {_number(gemm['bf16_tflops'], 3)} TFLOP/s"]
+    if report.get("images"):
+        from vlmforge.bench.models import describe_image_tokens
+
+        head.append(f"images ({report['images']['arch']}): {describe_image_tokens(report['images'])}")
     busy = max(machine.get("load_average_start") or 0, machine.get("load_average_end") or 0)
     if machine["device"] == "cpu" and busy > 0.5 * (machine["cpu_cores"] or 1):
         head.append(f"note: load average {busy} on {machine['cpu_cores']} cores — other work shares this CPU; "

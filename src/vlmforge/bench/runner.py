@@ -68,7 +68,11 @@ def run_bench(config_name: str, steps: int | None = None, device: str = "", work
         from vlmforge.bench.trl_baseline import trl_available
 
         if not trl_available():
-            raise ConfigError("--baseline trl needs TRL: pip install -e '.[bench]' (or --baseline naive)")
+            raise ConfigError("--baseline trl needs TRL: pip install -e '.[bench]'"
+                              + (" (or --baseline naive)" if config.arch == "llava" else ""))
+    if baseline == "naive" and config.arch != "llava":  # its data and loss are written for Llava's fixed image tokens
+        raise ConfigError(f"--baseline naive runs Llava models only; {config.name} ({config.arch}) compares with "
+                          "TRL's SFTTrainer: --baseline trl (pip install -e '.[bench]')")
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {threads}")
@@ -107,7 +111,7 @@ def export_bench(config_name: str, out_dir: str | Path, steps: int | None = None
             raise ConfigError(f"--steps must be >= 1, got {steps}")
         config = replace(config, steps=steps)
     folder = Path(out_dir)
-    data_path = write_bench_dataset(folder / "data", config.dataset_size, config.vision.image_size,
+    data_path = write_bench_dataset(folder / "data", config.dataset_size, config.data_image_size,
                                     text_scale=config.text_scale)
     model_dir = build_model_folder(config, folder / "model")
     recipe = bench_recipe(config, model_dir, data_path, folder / "run", cuda=False, precision=precision)
@@ -160,7 +164,7 @@ def _run(config: BenchConfig, device, folder: Path, options: Options) -> dict:
     bar = options.progress("set-up (ceiling, data, model)", 3)
     gemm_before = measure_gemm(device, config.gemm_size)
     bar.update()
-    data_path = write_bench_dataset(folder / "data", config.dataset_size, config.vision.image_size,
+    data_path = write_bench_dataset(folder / "data", config.dataset_size, config.data_image_size,
                                     text_scale=config.text_scale)
     bar.update()
     model_dir = build_model_folder(config, folder / "model")
@@ -176,6 +180,7 @@ def _run(config: BenchConfig, device, folder: Path, options: Options) -> dict:
     report["machine"]["load_average_end"] = load_average()
     report["training"] = training_report(vlmforge_run, baseline_run, report["gemm"])
     report["training"]["baseline_name"] = options.baseline
+    report["images"] = {"arch": config.arch, **bench.image_tokens}
     if lever_runs:
         report["breakdown"] = breakdown_report(vlmforge_run, lever_runs, report["gemm"])
     return report
@@ -220,6 +225,7 @@ class _Bench:
         self.config, self.device, self.folder = config, device, folder
         self.data_path, self.model_dir, self.options = data_path, model_dir, options
         self.seconds: dict[str, tuple[float, float]] = {}  # (wall, CPU) seconds per phase
+        self.image_tokens: dict = {}  # what one of the bench's images becomes, asked of the trainer's processor
 
     def run(self):
         """(vlmforge TrainingRun, baseline TrainingRun, inference report or None, {lever: TrainingRun})."""
@@ -233,7 +239,10 @@ class _Bench:
     def _run(self):
         from vlmforge.bench.training_run import run_sides
 
+        from vlmforge.bench.models import image_token_counts
+
         vlmforge_side = self._vlmforge_side()
+        self.image_tokens = image_token_counts(vlmforge_side.trainer.processor, self.config.data_image_size)
         indices = vlmforge_side.trained_sample_indices()
         steps, progress = self.config.steps, self.options.progress
         lever_runs = {}

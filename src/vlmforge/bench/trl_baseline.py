@@ -14,6 +14,11 @@ setting and why):
 - no gradient checkpointing (TRL's default is on; vlmforge's step does not checkpoint either), the
   same precision as vlmforge's side (`bf16`), TRL's fused LM head (its default), its random sampler.
 
+An Idefics3 model (`vlmforge bench --config small-idefics3`) goes through the same path, with one
+transformers bug worked around: `Idefics3Processor` turns the `text_replacement_offsets` that
+`apply_chat_template` asks for (to place the assistant masks past expanded images) into tensors and
+fails; the processor here keeps them as lists, as every other processor does (`keep_offsets_as_lists`).
+
 Each optimizer step is TRL's own code path, driven one step at a time the way `Trainer._run_epoch`
 does: `get_batch_samples` (the collator runs here), `training_step` per micro-batch (forward
 through TRL's `compute_loss`, backward through accelerate), gradient clipping, `optimizer.step`,
@@ -59,6 +64,14 @@ class PeerSettings:
     bf16: bool
     steps: int
     seed: int = 0
+
+
+def projector_name(model) -> str:
+    """The projector's module name (Llava's `multi_modal_projector`, Idefics3's `connector`), for `modules_to_save`."""
+    from vlmforge.train.trainability import PROJECTOR_PREFIX
+
+    names = {name for name, _ in model.named_modules()}
+    return next(prefix.removeprefix("model.").rstrip(".") for prefix in PROJECTOR_PREFIX if prefix.rstrip(".") in names)
 
 
 def trl_available() -> bool:
@@ -122,6 +135,26 @@ def sft_config(settings: PeerSettings, output_dir: str | Path, use_cpu: bool):
     )
 
 
+def keep_offsets_as_lists(processor) -> None:
+    """Make `processor` leave `text_replacement_offsets` unconverted, as `ProcessorMixin.__call__` does.
+
+    transformers 5.24's `Idefics3Processor.__call__` converts every output to tensors, these offsets
+    (a list of dicts per sample) included, so `apply_chat_template(..., return_assistant_tokens_mask=True)`
+    (TRL's `assistant_only_loss`) raises. The call is run without tensors, then converted skipping them.
+    """
+    if "text_replacement_offsets" not in (getattr(processor, "skip_tensor_conversion", None) or ()):
+        return
+    original = type(processor)
+
+    class ListOffsetsProcessor(original):
+        def __call__(self, *args, return_tensors=None, **kwargs):
+            output = original.__call__(self, *args, **kwargs)
+            output.convert_to_tensors(tensor_type=return_tensors, skip_tensor_conversion=self.skip_tensor_conversion)
+            return output
+
+    processor.__class__ = ListOffsetsProcessor
+
+
 class TrlSide(TrainingSide):
     """`SFTTrainer` set up as its docs recommend for VLM LoRA, stepped one optimizer step at a time."""
 
@@ -133,11 +166,12 @@ class TrlSide(TrainingSide):
         from vlmforge.train.trainability import lora_target_regex
 
         processor.chat_template = training_chat_template(processor.chat_template)
+        keep_offsets_as_lists(processor)
         self.settings, self.device = settings, device
         self.dataset = trl_dataset(data_path)
         lora = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                           bias="none", target_modules=lora_target_regex(model, []),
-                          modules_to_save=["multi_modal_projector"], task_type="CAUSAL_LM")
+                          modules_to_save=[projector_name(model)], task_type="CAUSAL_LM")
         self.trainer = SFTTrainer(model=model, args=sft_config(settings, output_dir, device.type == "cpu"),
                                   train_dataset=self.dataset.select(indices), processing_class=processor,
                                   peft_config=lora)
