@@ -6,6 +6,8 @@
     vlmforge bench --config tiny --steps 2              # seconds (what the tests run)
     vlmforge bench --config small --export-data DIR     # the model, data and settings for another trainer
     vlmforge bench --config 7b-lora                     # a CUDA GPU: SigLIP-so400m + Qwen2.5-7B shapes
+    vlmforge bench --config small-idefics3 --json bench-idefics3.json   # small as Idefics3: 2x2 tiles + global view
+    vlmforge bench --plan instruct-lora --config small-idefics3       # memory + image tokens per bench image
     vlmforge bench --plan instruct-lora --model my-vlm --gpu-gb 24    # memory estimate, batch advice; no run
 """
 
