@@ -103,3 +103,18 @@ def test_naive_baseline_refuses_idefics3_with_one_line(capsys):
     assert main(["bench", "--config", "tiny-idefics3", "--baseline", "naive"]) == 2
     err = capsys.readouterr().err
     assert "--baseline naive runs Llava models only" in err and "Traceback" not in err
+
+
+def test_only_idefics3s_processor_is_wrapped_and_it_keeps_offsets_as_lists(bench_run, tiny_vlm_dir):
+    from transformers import AutoProcessor
+
+    from vlmforge.bench.trl_baseline import keep_offsets_as_lists
+
+    _, work = bench_run
+    llava, idefics3 = AutoProcessor.from_pretrained(tiny_vlm_dir), AutoProcessor.from_pretrained(work / "model" / "model")
+    keep_offsets_as_lists(llava)
+    assert type(llava).__name__ == "LlavaProcessor"  # the generic call already leaves the offsets alone
+    keep_offsets_as_lists(idefics3)
+    out = idefics3(text=["<image>\nWhat?"], images=[[Image.new("RGB", (64, 32))]], return_tensors="pt",
+                   return_text_replacement_offsets=True)
+    assert isinstance(out["text_replacement_offsets"], list) and out["input_ids"].dim() == 2

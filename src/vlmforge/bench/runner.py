@@ -119,7 +119,7 @@ def export_bench(config_name: str, out_dir: str | Path, steps: int | None = None
     indices = side.trained_sample_indices()
     train = recipe.train
     settings = {
-        "config": config.name, "steps": config.steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+        "config": config.name, "arch": config.arch, "steps": config.steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
         "lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha, "lora_dropout": recipe.lora.dropout,
         "lora_targets": list(lora_target_names(side.trainer.base_model)),
         "lr_projector": train.lr.projector,

@@ -142,9 +142,11 @@ def keep_offsets_as_lists(processor) -> None:
     (a list of dicts per sample) included, so `apply_chat_template(..., return_assistant_tokens_mask=True)`
     (TRL's `assistant_only_loss`) raises. The call is run without tensors, then converted skipping them.
     """
-    if "text_replacement_offsets" not in (getattr(processor, "skip_tensor_conversion", None) or ()):
-        return
+    from transformers import ProcessorMixin
+
     original = type(processor)
+    if original.__call__ is ProcessorMixin.__call__:  # Llava's: the generic call already skips them
+        return
 
     class ListOffsetsProcessor(original):
         def __call__(self, *args, return_tensors=None, **kwargs):
