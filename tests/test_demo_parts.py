@@ -49,6 +49,23 @@ def test_tokenizer_has_image_token_chat_template_and_chinese(tokenizer):
     assert len(tokenizer("三角形", add_special_tokens=False)["input_ids"]) <= 2
 
 
+def test_role_names_and_place_names_are_one_token_each(dataset):
+    from vlmforge.data.synth_language import POSITION_NAMES
+
+    _, train, captions, _ = dataset
+    tokenizer = train_demo_tokenizer(train + captions, vocab_size=600)
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}],
+                                             tokenize=True, return_dict=True)["input_ids"]
+    assert {"user", "assistant"} <= set(tokenizer.convert_ids_to_tokens(rendered))  # one token each, not 3 and 7
+    add_cell_words(tokenizer)
+    for lang in ("en", "zh"):
+        for name in (name for row in POSITION_NAMES[lang] for name in row):
+            assert len(tokenizer(name, add_special_tokens=False)["input_ids"]) == 1
+    question = tokenizer("What color is the shape at the bottom right?", add_special_tokens=False)["input_ids"]
+    assert " bottom right" in tokenizer.convert_ids_to_tokens(question)
+    assert tokenizer.decode(question) == "What color is the shape at the bottom right?"  # decoding gives the text back
+
+
 def test_vision_tower_loss_drops_and_folder_loads(dataset, tmp_path):
     from transformers import AutoImageProcessor, AutoModel, SiglipVisionModel
 
@@ -88,12 +105,35 @@ def test_lm_samples_train_the_replies_and_point_each_answer_at_its_cell(dataset,
         ids, labels = sample.encoded.input_ids, sample.encoded.labels
         trained = tokenizer.decode([token for token, label in zip(ids, labels) if label != -100])
         assert trained == "".join(m["content"] + "<|im_end|>" for m in record["messages"][1::2])
-        asked = [cell for cell in record["meta"]["turn_cells"] if cell is not None]
-        assert len(sample.lookups) == len(asked)
         first_cell = next(i for i, token in enumerate(ids) if tokenizer.convert_ids_to_tokens(token).startswith("<top_left:"))
-        for (query, key), cell in zip(sample.lookups, asked):
-            assert labels[query] == -100 and labels[query + 1] != -100  # the position that predicts the answer
-            assert key == first_cell + cell
+        # every answer word (not the end-of-turn token) of a turn that asks about a cell points at that cell
+        expected = []
+        answer_words = [i for i in range(1, len(ids)) if labels[i] != -100 and ids[i] != tokenizer.eos_token_id]
+        turn_of = {i: sum(labels[j] == tokenizer.eos_token_id for j in range(i)) for i in answer_words}
+        for i in answer_words:
+            cell = record["meta"]["turn_cells"][turn_of[i]]
+            if cell is not None:
+                expected.append((i - 1, first_cell + cell))
+        assert sample.lookups == expected and expected
+
+
+def test_question_words_are_the_words_of_the_question_just_asked_that_name_the_asked_cell(dataset):
+    _, train, _, _ = dataset
+    tokenizer = train_demo_tokenizer(train, vocab_size=600)
+    add_cell_words(tokenizer)
+    records = [r for r in train if r["lang"] == "en" and len(r["messages"]) > 2
+               and r["meta"]["turn_types"][1] in ("colour", "shape", "position")][:10]
+    assert records
+    for record, sample in zip(records, lm_samples(records, tokenizer)):
+        tokens = tokenizer.convert_ids_to_tokens(sample.encoded.input_ids)
+        asked = {obj["row"] * 3 + obj["col"]: obj for obj in record["meta"]["objects"]}[record["meta"]["turn_cells"][1]]
+        first_answer = next(i for i, label in enumerate(sample.encoded.labels) if label != -100)
+        query, words = next((q, w) for q, w in sample.question_words if q > first_answer)  # the second turn's
+        named = [tokens[i].lstrip("Ġ") for i in words]
+        assert named and set(named) <= {asked["colour"], asked["shape"]}
+        second_question = tokenizer.apply_chat_template(record["messages"][:3], tokenize=False).rsplit("<|im_start|>", 1)[1]
+        assert all(word in second_question for word in named)  # from the question just asked, not the first one
+        assert words[-1] < query
 
 
 def test_language_model_trains_loads_and_generates(dataset, tmp_path):
@@ -135,11 +175,32 @@ def test_lookup_hint_teaches_the_last_layer_to_look_at_the_asked_cell(dataset, t
     add_cell_words(tokenizer)
     samples = [sample for sample in lm_samples(train, tokenizer) if sample.lookups]
     folder = pretrain_language_model(samples, tokenizer, tmp_path / "llm", steps=60, hidden_size=64, num_heads=4,
-                                     batch_size=16, learning_rate=3e-3, composition=cell_word_composition(tokenizer))
+                                     batch_size=16, learning_rate=3e-3, lookup_heads=3,
+                                     composition=cell_word_composition(tokenizer))
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
     with torch.no_grad():
-        _, lookup_loss = _losses(model, samples[:32], tokenizer.pad_token_id, None)
+        _, lookup_loss = _losses(model, samples[:32], tokenizer.pad_token_id, None, lookup_heads=3)
+        _, free_head = _losses(model, samples[:32], tokenizer.pad_token_id, None, lookup_heads=4)
     assert float(torch.exp(-lookup_loss)) > 0.3  # geometric-mean weight on the asked cell; untrained ≈ 1/30
+    assert float(free_head) > float(lookup_loss)  # the 4th head was not trained to look there
+
+
+def test_copy_start_writes_what_the_head_reads():
+    """An attention layer started as a copy: a head that attends only to token k outputs token k's
+    (normalised) vector, so a looked-up cell word's answer words are readable from the first step."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from vlmforge.demo.lm_pretraining import start_as_copy
+
+    config = Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, head_dim=8)
+    attention = Qwen2ForCausalLM(config).model.layers[0].self_attn
+    start_as_copy(attention)
+    values = torch.randn(5, 16)
+    assert torch.allclose(attention.o_proj(attention.v_proj(values)), values, atol=1e-6)
+    grouped = Qwen2Config(**{**config.to_dict(), "num_key_value_heads": 1})
+    with pytest.raises(ConfigError):
+        start_as_copy(Qwen2ForCausalLM(grouped).model.layers[0].self_attn)
 
 
 def test_loop_needs_a_limit_and_stops_at_max_steps():

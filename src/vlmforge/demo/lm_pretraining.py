@@ -30,21 +30,22 @@ from pathlib import Path
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.data.tokenize import IGNORE_INDEX, EncodedSample, encode_conversation, encode_prompt
-from vlmforge.demo.cell_words import CELL_WORDS, composed_embedding_matrix, record_cell_words
+from vlmforge.demo.cell_words import cell_word_composition, composed_embedding_matrix, record_cell_words
 from vlmforge.demo.training_loop import run_steps, update, write_metrics
 from vlmforge.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-LOOKUP_HEAD = 0  # the head of the last layer that the lookup hint trains
 
 
 @dataclass
 class LmSample:
-    """One conversation as training ids, with the (query position, cell position) pairs the hint trains."""
+    """One conversation as training ids, with what the hint trains: (query position, cell position) pairs
+    for the last layer, (query position, positions of the question's words naming that cell) for the first."""
 
     encoded: EncodedSample
     lookups: list[tuple[int, int]] = field(default_factory=list)
+    question_words: list[tuple[int, list[int]]] = field(default_factory=list)
 
 
 def cell_word_messages(record: dict) -> list[dict]:
@@ -55,23 +56,53 @@ def cell_word_messages(record: dict) -> list[dict]:
 
 
 def lm_samples(records: list[dict], tokenizer) -> list[LmSample]:
-    """Every record as an `LmSample`; a record's `meta.turn_cells` (if any) gives its lookups."""
-    cell_ids = set(tokenizer.convert_tokens_to_ids(list(CELL_WORDS)))
+    """Every record as an `LmSample`; a record's `meta.turn_cells` (if any) gives its hint targets."""
+    cell_ids, weights = cell_word_composition(tokenizer)
+    naming = {int(cell): set(row.nonzero().flatten().tolist()) for cell, row in zip(cell_ids, weights)}
     samples = []
     for record in records:
         encoded = encode_conversation(cell_word_messages(record), tokenizer, IMAGE_PLACEHOLDER, 0, None)
-        samples.append(LmSample(encoded, _lookups(encoded, record.get("meta", {}).get("turn_cells"), cell_ids)))
+        lookups = _lookups(encoded, record.get("meta", {}).get("turn_cells"), naming)
+        samples.append(LmSample(encoded, lookups, _question_words(encoded, lookups, naming)))
     return samples
 
 
-def _lookups(encoded: EncodedSample, turn_cells: list | None, cell_ids: set[int]) -> list[tuple[int, int]]:
-    """(position that predicts turn i's first answer token, position of the cell turn i asks about)."""
-    first_cell = next((i for i, token in enumerate(encoded.input_ids) if token in cell_ids), None)
+def _answer_spans(labels: list[int]) -> list[tuple[int, int]]:
+    """(first, last) position of each trained span's words, its end-of-turn token left out."""
+    spans, start = [], None
+    for i, label in enumerate(labels + [IGNORE_INDEX]):
+        if label != IGNORE_INDEX and start is None:
+            start = i
+        elif label == IGNORE_INDEX and start is not None:
+            spans.append((start, max(start, i - 2)))  # i - 1 is the end-of-turn token
+            start = None
+    return spans
+
+
+def _lookups(encoded: EncodedSample, turn_cells: list | None, naming: dict) -> list[tuple[int, int]]:
+    """(position that predicts a word of turn i's answer, position of the cell turn i asks about), for
+    every answer word (not the end-of-turn token: it is the same whatever the cell holds)."""
+    first_cell = next((i for i, token in enumerate(encoded.input_ids) if token in naming), None)
     if not turn_cells or first_cell is None:
         return []
-    labels = encoded.labels
-    answer_starts = [i for i in range(1, len(labels)) if labels[i] != IGNORE_INDEX and labels[i - 1] == IGNORE_INDEX]
-    return [(start - 1, first_cell + cell) for start, cell in zip(answer_starts, turn_cells) if cell is not None]
+    return [(position - 1, first_cell + cell) for (first, last), cell in zip(_answer_spans(encoded.labels), turn_cells)
+            if cell is not None for position in range(first, last + 1)]
+
+
+def _question_words(encoded: EncodedSample, lookups: list[tuple[int, int]], naming: dict) -> list[tuple[int, list[int]]]:
+    """For each answer's first word: (its query position, the positions of the words in the question just
+    asked that name the asked cell, e.g. "circle" in "What color is the circle?")."""
+    ids, labels, targets = encoded.input_ids, encoded.labels, []
+    for query, cell in lookups:
+        if labels[query] != IGNORE_INDEX:  # not an answer's first word
+            continue
+        start = query
+        while start > 0 and labels[start - 1] == IGNORE_INDEX:  # back to the end of the previous answer
+            start -= 1
+        words = [i for i in range(start, query) if ids[i] in naming[ids[cell]]]
+        if words:
+            targets.append((query, words))
+    return targets
 
 
 def make_language_model(vocab_size: int, hidden_size: int, num_layers: int, tokenizer, seed: int,
@@ -116,11 +147,13 @@ def pretrain_language_model(
     warmup_fraction: float = 0.05,
     min_lr_ratio: float = 0.1,
     lookup_weight: float = 1.0,
+    lookup_heads: int = 1,
     composition=None,
 ) -> Path:
     """Train a Qwen2 LM from scratch on `samples`, save it with the tokenizer; returns `out_dir`.
 
-    `lookup_weight` scales the lookup hint's loss (0: next-token loss only). `composition` (cell ids,
+    `lookup_weight` scales the lookup hint's loss (0: next-token loss only); `lookup_heads` is how many
+    heads of the last layer it trains (the first ones; the others stay free, e.g. for counting). `composition` (cell ids,
     weights), from `cell_word_composition`: those rows of the embedding matrix are the weighted sums
     of other rows during training, and are saved so.
     """
@@ -134,6 +167,8 @@ def pretrain_language_model(
         raise DataError("language-model pre-training got no samples")
     model = make_language_model(len(tokenizer), hidden_size, num_layers, tokenizer, seed, num_heads)
     model.set_attn_implementation("eager")  # the hint reads attention weights
+    if lookup_weight and lookup_heads:
+        start_as_copy(model.model.layers[-1].self_attn)  # the hint's heads then read out what they look at
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(max(1, round(warmup_fraction * steps)), steps, min_lr_ratio))
@@ -143,7 +178,7 @@ def pretrain_language_model(
 
     def step(_progress: float) -> float:
         batch = [samples[int(i)] for i in next(batches)]
-        token_loss, lookup_loss = _losses(model, batch, pad_id, composition)
+        token_loss, lookup_loss = _losses(model, batch, pad_id, composition, lookup_heads)
         update(optimizer, token_loss + lookup_weight * lookup_loss, model.parameters(), 1.0, schedule)
         return token_loss.item()
 
@@ -166,9 +201,26 @@ def _endless_batches(sampler):
         epoch += 1
 
 
-def _losses(model, batch: list[LmSample], pad_id: int, composition):
+def start_as_copy(attention) -> None:
+    """Start an attention layer as a copy: value and output projections the identity, so what a head
+    reads from a token is what it writes (the looked-up cell word itself, whose vector holds the words
+    of the answer). From random projections, reading the answer off the looked-up cell stayed at
+    chance for 800 steps even with the attention already on the right cell; from the identity it is
+    learned in about 500 (docs/demo.md)."""
+    import torch
+
+    with torch.no_grad():
+        for projection in (attention.v_proj, attention.o_proj):
+            if projection.weight.shape[0] != projection.weight.shape[1]:
+                raise ConfigError("a copy start needs as many value dimensions as hidden ones (one KV head per head)")
+            projection.weight.copy_(torch.eye(projection.weight.shape[0]))
+            if projection.bias is not None:
+                projection.bias.zero_()
+
+
+def _losses(model, batch: list[LmSample], pad_id: int, composition, lookup_heads: int = 1):
     """(next-token loss on the replies, lookup-hint loss): the mean negative log attention weight that
-    the last layer's hint head puts on the asked-about cell."""
+    the last layer's first `lookup_heads` heads put on the asked-about cell."""
     import torch
     import torch.nn.functional as F
 
@@ -185,8 +237,17 @@ def _losses(model, batch: list[LmSample], pad_id: int, composition):
     if not rows:
         return token_loss, token_loss.new_zeros(())
     row, query, key = (torch.tensor(column) for column in zip(*rows))
-    weights = out.attentions[-1][row, LOOKUP_HEAD, query, key]  # (L,)
-    return token_loss, -torch.log(weights + 1e-6).mean()
+    weights = out.attentions[-1][row, :lookup_heads, query, key]  # (L, lookup_heads)
+    lookup_loss = -torch.log(weights + 1e-6).mean()
+    words = [(row, group, query, key) for row, sample in enumerate(batch)
+             for group, (query, keys) in enumerate(sample.question_words) for key in keys]
+    if words:  # first layer, head 0: from the answer's position, the question's words naming the cell
+        row, group, query, key = (torch.tensor(column) for column in zip(*words))
+        groups = row * (1 + int(group.max())) + group
+        on_words = out.attentions[0][row, 0, query, key]  # (W,)
+        summed = torch.zeros(int(groups.max()) + 1).index_add(0, groups, on_words)[groups.unique()]
+        lookup_loss = lookup_loss - torch.log(summed.clamp(max=1.0) + 1e-6).mean()
+    return token_loss, lookup_loss
 
 
 def _embed(model, input_ids, composition):

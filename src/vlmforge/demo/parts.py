@@ -18,9 +18,11 @@ from vlmforge.data.tokenizer_training import train_bpe_tokenizer
 
 
 def tokenizer_texts(records: list[dict]) -> list[str]:
-    """Every message text of `records` (placeholder removed) and each scene's caption in both languages."""
+    """Every message text of `records` (placeholder removed), each scene's caption in both languages, and
+    the chat template's role names once per message (they frame every turn: one token each, not seven)."""
     texts = list(CAPTION_PROMPTS.values())
     for record in records:
+        texts += [message["role"] for message in record["messages"]]
         texts += [message["content"].replace(IMAGE_PLACEHOLDER, "") for message in record["messages"]]
         texts += [describe_scene(scene_of_record(record), lang) for lang in LANGUAGES]
     return texts

@@ -70,7 +70,7 @@ MULTI_TURN_FRACTION = 0.5
 
 # The LM the demo pre-trains (measured in docs/demo.md): small enough for a thousand steps a minute.
 LM_SHAPE = {"hidden_size": 128, "num_layers": 2, "num_heads": 8}
-LM_TRAINING = {"batch_size": 32, "learning_rate": 1e-3}
+LM_TRAINING = {"batch_size": 32, "learning_rate": 1e-3, "lookup_heads": 6}
 
 
 def budget_for(config: DemoConfig) -> DemoBudget:
