@@ -9,6 +9,7 @@ from PIL import Image
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.data.synth import write_synthetic_dataset
+from vlmforge.data.synth_language import POSITION_NAMES
 from vlmforge.demo.cell_words import add_cell_words, cell_word_composition
 from vlmforge.demo.lm_pretraining import (
     cell_word_messages,
@@ -20,6 +21,11 @@ from vlmforge.demo.parts import train_demo_tokenizer
 from vlmforge.demo.training_loop import read_metrics, run_steps
 from vlmforge.demo.vision_pretraining import load_scene_tensors, normalise, pretrain_vision_tower
 from vlmforge.errors import ConfigError, DataError
+
+
+PLACE_SLUG = {name: en.replace(" ", "_") for lang in ("en", "zh") for row, en_row in zip(POSITION_NAMES[lang], POSITION_NAMES["en"])
+              for name, en in zip(row, en_row)}
+PLACE_NAMES = set(PLACE_SLUG)
 
 
 def read_jsonl(path):
@@ -115,6 +121,20 @@ def test_lm_samples_train_the_replies_and_point_each_answer_at_its_cell(dataset,
             if cell is not None:
                 expected.append((i - 1, first_cell + cell))
         assert sample.lookups == expected and expected
+
+
+def test_caption_words_look_at_the_cell_whose_place_was_named_last(dataset):
+    _, train, captions, _ = dataset
+    tokenizer = train_demo_tokenizer(train + captions, vocab_size=600)
+    add_cell_words(tokenizer)
+    records = [r for r in captions if len(r["meta"]["objects"]) > 1][:6]
+    for record, sample in zip(records, lm_samples(records, tokenizer)):
+        tokens = tokenizer.convert_ids_to_tokens(sample.encoded.input_ids)
+        looked_at = {tokens[key] for _, key in sample.lookups}
+        assert len(looked_at) == 9  # every cell is described, so every cell is looked at
+        for query, key in sample.lookups:
+            place = max(i for i in range(query + 1) if tokens[i].strip() in PLACE_NAMES)  # the last place named
+            assert tokens[key].startswith("<" + PLACE_SLUG[tokens[place].strip()] + ":")
 
 
 def test_question_words_are_the_words_of_the_question_just_asked_that_name_the_asked_cell(dataset):

@@ -14,27 +14,27 @@ from __future__ import annotations
 
 import time
 
-# The reference run (seed 0 of the default budget, 2-core AMD EPYC, 1 thread, the machine shared with one
-# other job; 2026-12-01): its probe step took 213 ms, the LM's 2000 steps 464 s.
-REFERENCE_STEP_SECONDS = 464 / 2000
-# Its other stage times, per unit of work: data 24 s for 21 200 scenes; parts, besides the LM's steps,
-# 24 s for 150 vision steps and ~4.7 ms per training record (tokenizer, encoding) plus 18 ms per text
-# answer of the LM alone; build under 1 s; align 132 s for 400 steps; instruct 205 s for 600 steps;
-# eval 10 s for 2 × 1200 answers.
-SECONDS_PER_SCENE = 24 / 21_200
-SECONDS_PER_VISION_STEP = 24 / 150
-SECONDS_PER_RECORD = 4.7e-3
-SECONDS_PER_TEXT_ANSWER = 0.018
-BUILD_SECONDS = 1.0
-SECONDS_PER_ALIGN_STEP = 132 / 400
-SECONDS_PER_INSTRUCT_STEP = 205 / 600
-SECONDS_PER_EVAL_ANSWER = 10 / 2400
+# The reference run (seed 0 of the default budget, 2-core AMD EPYC, torch's 2 threads, alone on the
+# machine; 2026-12-01): its probe step took 113 ms, the LM's 1 500 steps 165.6 s.
+REFERENCE_STEP_SECONDS = 165.6 / 1500
+# Its other stage times, per unit of work: data 13.5 s for 21 200 scenes; parts, besides the LM's steps,
+# 7.5 s for 150 vision steps, ~15 ms per text answer of the LM alone (240) and the rest, 51.3 s, for the
+# 21 000 training records (tokenizer, encoding, images); build under 1 s; align 16.6 s for 80 steps;
+# instruct 68.5 s for 300 steps; eval 7.9 s for 2 × 1200 answers.
+SECONDS_PER_SCENE = 13.5 / 21_200
+SECONDS_PER_VISION_STEP = 7.5 / 150
+SECONDS_PER_RECORD = 51.3 / 21_000
+SECONDS_PER_TEXT_ANSWER = 0.015
+BUILD_SECONDS = 0.5
+SECONDS_PER_ALIGN_STEP = 16.6 / 80
+SECONDS_PER_INSTRUCT_STEP = 68.5 / 300
+SECONDS_PER_EVAL_ANSWER = 7.9 / 2400
 # The probe's batch: 32 random texts of ~36 tokens, a vocabulary of 640 (the demo's are longer and larger:
 # STEP_PER_PROBE_STEP carries the difference).
 PROBE_BATCH, PROBE_LENGTH, PROBE_VOCAB = 32, 36, 640
 # A real step (composed cell words, the lookup hint's eager attention, logits only where trained)
-# against the probe's plain step: 232 / 213 ms in the reference run.
-STEP_PER_PROBE_STEP = 1.09
+# against the probe's plain step: 110.4 / 103.7 ms in the reference run.
+STEP_PER_PROBE_STEP = 1.065
 
 
 def measure_lm_step_seconds(max_seconds: float = 1.0, warmup_steps: int = 2, timed_steps: int = 5) -> float:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.data.tokenize import IGNORE_INDEX, EncodedSample, encode_conversation, encode_prompt
-from vlmforge.demo.cell_words import cell_word_composition, composed_embedding_matrix, record_cell_words
+from vlmforge.demo.cell_words import cell_word_composition, composed_embedding_matrix, place_words, record_cell_words
 from vlmforge.demo.training_loop import run_steps, update, write_metrics
 from vlmforge.errors import ConfigError, DataError
 
@@ -59,10 +59,14 @@ def lm_samples(records: list[dict], tokenizer) -> list[LmSample]:
     """Every record as an `LmSample`; a record's `meta.turn_cells` (if any) gives its hint targets."""
     cell_ids, weights = cell_word_composition(tokenizer)
     naming = {int(cell): set(row.nonzero().flatten().tolist()) for cell, row in zip(cell_ids, weights)}
+    forms_per_place = len(place_words()) // 9
+    place_cells = {tokenizer.convert_tokens_to_ids(word): index // forms_per_place for index, word in enumerate(place_words())}
     samples = []
     for record in records:
         encoded = encode_conversation(cell_word_messages(record), tokenizer, IMAGE_PLACEHOLDER, 0, None)
-        lookups = _lookups(encoded, record.get("meta", {}).get("turn_cells"), naming)
+        turn_cells = record.get("meta", {}).get("turn_cells")
+        lookups = (_lookups(encoded, turn_cells, naming) if turn_cells
+                   else _caption_lookups(encoded, naming, place_cells))
         samples.append(LmSample(encoded, lookups, _question_words(encoded, lookups, naming)))
     return samples
 
@@ -87,6 +91,25 @@ def _lookups(encoded: EncodedSample, turn_cells: list | None, naming: dict) -> l
         return []
     return [(position - 1, first_cell + cell) for (first, last), cell in zip(_answer_spans(encoded.labels), turn_cells)
             if cell is not None for position in range(first, last + 1)]
+
+
+def _caption_lookups(encoded: EncodedSample, naming: dict, place_cells: dict) -> list[tuple[int, int]]:
+    """In a reply that names places ("top left: nothing; top middle: an orange square; ..."), each word after
+    a place name looks at that place's cell: (position that predicts it, cell position). Every word, not
+    only the content words: BPE cuts Chinese ("红色正方形") where it likes."""
+    ids, labels = encoded.input_ids, encoded.labels
+    first_cell = next((i for i, token in enumerate(ids) if token in naming), None)
+    if first_cell is None:
+        return []
+    lookups, current = [], None
+    for i in range(1, len(ids)):
+        if labels[i] == IGNORE_INDEX:
+            current = None
+        elif ids[i] in place_cells:
+            current = first_cell + place_cells[ids[i]]
+        elif current is not None and i + 1 < len(ids) and labels[i + 1] != IGNORE_INDEX:  # not the end of turn
+            lookups.append((i - 1, current))
+    return lookups
 
 
 def _question_words(encoded: EncodedSample, lookups: list[tuple[int, int]], naming: dict) -> list[tuple[int, list[int]]]:

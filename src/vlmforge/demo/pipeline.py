@@ -8,7 +8,7 @@ Every step is vlmforge's own public API, the way a user would chain it:
   2. parts     a BPE tokenizer with cell words, a SigLIP tower (per-cell objective) and a Qwen2 LM
                pre-trained on text where the image is its 9 cell words (`cell_words`, `lm_pretraining`);
   3. build     `build_vlm` / `save_vlm`: the Llava folder;
-  4. align     `train` with the shipped recipe `demo-align` (projector only, captions);
+  4. align     `train` with the shipped recipe `demo-align` (projector only, the conversations);
   5. instruct  `train` with `demo-instruct-lora` (projector + LoRA, conversations), vision frozen;
   6. eval      `evaluate_model` on the held-out test split, with the images and with blank ones.
 OUT gets `data/`, `parts/`, `vlm/`, `runs/`, `eval/`, the exported model in `model/` (what
@@ -59,10 +59,10 @@ class DemoBudget:
     eval_batch_size: int = 100
 
 
-DEFAULT_BUDGET = DemoBudget(num_train=20_000, num_test=1200, vision_steps=150, lm_steps=2000, lm_captions=1000,
+DEFAULT_BUDGET = DemoBudget(num_train=20_000, num_test=1200, vision_steps=150, lm_steps=1500, lm_captions=1000,
                             align_steps=None, instruct_steps=None)
-FAST_BUDGET = DemoBudget(num_train=4000, num_test=240, vision_steps=100, lm_steps=400, lm_captions=400,
-                         align_steps=60, instruct_steps=150)
+FAST_BUDGET = DemoBudget(num_train=4000, num_test=240, vision_steps=100, lm_steps=700, lm_captions=400,
+                         align_steps=40, instruct_steps=120)
 
 # Half the training conversations go on about their image for a turn or two, so follow-up questions
 # (asked after the image, not before it) are learned as well as first ones.
@@ -93,7 +93,7 @@ def run_demo(config: DemoConfig, expected_seconds: dict[str, float] | None = Non
         with _stage("build", seconds, bar, weights):
             vlm_dir = build_model(parts, out / "vlm", config.seed)
         with _stage("align", seconds, bar, weights):
-            aligned = train_stage("demo-align", vlm_dir, data_dir / "captions.jsonl", data_dir, out / "runs" / "align",
+            aligned = train_stage("demo-align", vlm_dir, data_dir / "train.jsonl", data_dir, out / "runs" / "align",
                                   config.seed, budget.align_steps)
         with _stage("instruct", seconds, bar, weights):
             tuned = train_stage("demo-instruct-lora", aligned, data_dir / "train.jsonl", data_dir,
