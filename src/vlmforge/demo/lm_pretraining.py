@@ -8,15 +8,19 @@ Text becomes ids and labels the way vlmforge trains every model: `data.tokenize.
 are padded by `train.batching.pad_samples` and grouped by length by `data.dataset.LengthGroupedSampler`,
 and the learning rate follows `train.loop.cosine_with_warmup`.
 
-Two things are the demo's own, both measured in docs/demo.md:
+Three things are the demo's own, all measured in docs/demo.md:
 - **cell words** (`cell_words`) stand in for the image, their embeddings tied to the words that name
   their content and place (`composition`), so answers are already inside the cells' vectors;
-- **a lookup hint**: besides the next-token loss, one attention head of the last layer is trained to
-  look, from the position that predicts an answer, at the cell the question asks about
-  (`meta.turn_cells` of the synthetic records). Finding a named cell among nine is the one skill a
-  from-scratch 2-layer LM learns slowly on its own (thousands of steps at chance); with the hint it
-  takes hundreds. The hint shapes pre-training only: the saved model is a plain Qwen2 causal LM, and
-  the VLM stages train it with the ordinary loss.
+- **a lookup hint**: besides the next-token loss, the first `lookup_heads` heads of the last layer are
+  trained to look, from the position that predicts each answer word, at the cell the question asks
+  about (`meta.turn_cells` of the synthetic records; in a caption, the cell whose place was named
+  last), and head 0 of the first layer at the question's words that name that cell. Finding a named
+  cell among nine is the skill a from-scratch 2-layer LM learns slowly on its own;
+- **a copy start** (`start_as_copy`): the last layer's value and output projections start as the
+  identity, so the hinted heads write what they look at (without it, answers stayed at chance for
+  800 steps with the attention already on the right cell).
+The hint and the copy start shape pre-training only: the saved model is a plain Qwen2 causal LM, and
+the VLM stages train it with the ordinary loss.
 
 The saved folder (model + tokenizer) loads with `AutoModelForCausalLM` / `AutoTokenizer`.
 """
