@@ -35,6 +35,7 @@ from pathlib import Path
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.data.tokenize import IGNORE_INDEX, EncodedSample, encode_conversation, encode_prompt
 from vlmforge.demo.cell_words import cell_word_composition, composed_embedding_matrix, place_words, record_cell_words
+from vlmforge.data.synth_scenes import GRID_SIZE
 from vlmforge.demo.training_loop import run_steps, update, write_metrics
 from vlmforge.errors import ConfigError, DataError
 
@@ -63,7 +64,7 @@ def lm_samples(records: list[dict], tokenizer) -> list[LmSample]:
     """Every record as an `LmSample`; a record's `meta.turn_cells` (if any) gives its hint targets."""
     cell_ids, weights = cell_word_composition(tokenizer)
     naming = {int(cell): set(row.nonzero().flatten().tolist()) for cell, row in zip(cell_ids, weights)}
-    forms_per_place = len(place_words()) // 9
+    forms_per_place = len(place_words()) // GRID_SIZE**2
     place_cells = {tokenizer.convert_tokens_to_ids(word): index // forms_per_place for index, word in enumerate(place_words())}
     samples = []
     for record in records:
@@ -87,10 +88,15 @@ def _answer_spans(labels: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
+def _first_cell(ids: list[int], naming: dict) -> int | None:
+    """Position of the first cell word (the image's first token), or None for a text without an image."""
+    return next((i for i, token in enumerate(ids) if token in naming), None)
+
+
 def _lookups(encoded: EncodedSample, turn_cells: list | None, naming: dict) -> list[tuple[int, int]]:
     """(position that predicts a word of turn i's answer, position of the cell turn i asks about), for
     every answer word (not the end-of-turn token: it is the same whatever the cell holds)."""
-    first_cell = next((i for i, token in enumerate(encoded.input_ids) if token in naming), None)
+    first_cell = _first_cell(encoded.input_ids, naming)
     if not turn_cells or first_cell is None:
         return []
     return [(position - 1, first_cell + cell) for (first, last), cell in zip(_answer_spans(encoded.labels), turn_cells)
@@ -102,7 +108,7 @@ def _caption_lookups(encoded: EncodedSample, naming: dict, place_cells: dict) ->
     a place name looks at that place's cell: (position that predicts it, cell position). Every word, not
     only the content words: BPE cuts Chinese ("红色正方形") where it likes."""
     ids, labels = encoded.input_ids, encoded.labels
-    first_cell = next((i for i, token in enumerate(ids) if token in naming), None)
+    first_cell = _first_cell(ids, naming)
     if first_cell is None:
         return []
     lookups, current = [], None
@@ -179,10 +185,10 @@ def pretrain_language_model(
 ) -> Path:
     """Train a Qwen2 LM from scratch on `samples`, save it with the tokenizer; returns `out_dir`.
 
-    `lookup_weight` scales the lookup hint's loss (0: next-token loss only); `lookup_heads` is how many
-    heads of the last layer it trains (the first ones; the others stay free, e.g. for counting). `composition` (cell ids,
-    weights), from `cell_word_composition`: those rows of the embedding matrix are the weighted sums
-    of other rows during training, and are saved so.
+    `lookup_weight` scales the lookup hint's loss (0: next-token loss only, no copy start);
+    `lookup_heads` is how many heads of the last layer it trains (the first ones; the others stay free,
+    e.g. for counting). `composition` (cell ids, weights), from `cell_word_composition`: those rows of
+    the embedding matrix are the weighted sums of other rows during training, and are saved so.
     """
     import numpy as np
     import torch
