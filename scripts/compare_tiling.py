@@ -4,26 +4,28 @@ With real parts (a GPU run; 768 x 768 scenes with a 3-digit number in a small fo
     python scripts/compare_tiling.py --vision SIGLIP_DIR --llm LLM_DIR --out runs/tiling \\
         --scene-size 768 --tile-size 384 --pixel-shuffle 3 --longest-edge 768 --stages instruct-lora:600 --device cuda
 
-From scratch on a CPU (what docs/high-resolution.md reports; ~14 min at one thread):
+From scratch on a CPU (what docs/high-resolution.md reports; ~15 min at one thread):
     OMP_NUM_THREADS=1 python scripts/compare_tiling.py --scratch --out runs/tiling-cpu
 
 `--scratch` makes every part here, the way `vlmforge demo` does, with a task sized for it: 144 x 144 px
 scenes whose 3 x 3 regions of 48 px hold 1-6 SMALL objects (7-10 px, random colour and shape, at a
-random place inside their region); questions count by colour ("How many red objects are there?")
-or by shape ("How many squares are there?"), and the training split adds the demo's captions. The
-demo's SigLIP tower (48 px, 16 px patches) is pre-trained per patch on 48 px tiles of such objects
-AND on whole scenes downscaled to 48 px (so Llava's view is one it was trained on: the fairest
-Llava); a tiny Qwen2 LM is pre-trained on the conversations with the image as one cell word per
-region, in both families' layouts. Llava reads the scene at 48 px (one patch per region; an
-object becomes a 2-3 px blob); Idefics3 (tiles of 48 px, longest edge 144, pixel shuffle 3: one
-token per tile, 3 x 3 tiles + a global view) reads every region at full size.
+random place inside their region); each record asks about one occupied region, in English or Chinese:
+its shape ("What shape is at the top left?" / "左上是什么形状？", the detail) or its colour ("What
+color is the shape at the top left?", the control: colour survives the downscale). The demo's
+SigLIP tower (48 px, 16 px patches) is pre-trained per patch on 48 px tiles of such objects AND on
+whole scenes downscaled to 48 px (so Llava's view is one it was trained on: the fairest Llava); the
+demo's tiny Qwen2 LM is pre-trained by the demo's own `pretrain_language_model` (its lookup hint and
+copy start) on the conversations with the image replaced by stand-in words in both families' layouts
+(`lm_sample`). Llava reads the scene at 48 px (one patch per region; an object becomes a 2-3 px
+blob); Idefics3 (tiles of 48 px, longest edge 144, pixel shuffle 3: one token per tile, 3 x 3 tiles
++ a global view) reads every region at full size.
 
 Both models are built from the same parts (`build_vlm`, `--arch llava` / `--arch idefics3`), trained
 with the same recipes, steps, batch and learning rates (`train`), and evaluated by exact match on
 held-out scenes, with the images and with blank ones (`evaluate_model`). Written to
-OUT/comparison.md (a table) and OUT/comparison.json: accuracy (exact match, per question type), blind
+OUT/comparison.md (a table) and OUT/comparison.json: accuracy (exact match, per question kind), blind
 accuracy, image tokens per sample, training tokens/s and samples/s, and the parts' own measures
-(the tower's linear probes on tiles vs downscaled views, the LM alone on cell words).
+(the tower's linear probes on tiles vs downscaled views, the LM alone on its stand-in words).
 
 Smoke run on CPU with tiny random parts (checks the real-parts path, measures nothing):
     python scripts/compare_tiling.py --tiny --out /tmp/tiling --scene-size 256 --tile-size 64 \\
@@ -45,7 +47,9 @@ from PIL import Image, ImageDraw, ImageFont
 DIGIT_QUESTION = "What number is written in the picture?"
 TOWER_SIZE = 48  # the demo's tower: 16 px patches, 3 x 3 per image, one per grid cell
 OBJECT_SIDES = (7, 10)  # px: shapes told apart at full size; 2-3 px blobs in a 48 px view of the 144 px scene
-COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
+REGION_KINDS = ("shape_at", "colour_at")  # what a region question asks: the detail, or the control
+TOWER_FEATURE_SCALE = 1 / 72  # tower features small enough that no projector outgrows the LM (`scale_tower_features`)
+LM_SETTINGS = {"hidden_size": 128, "num_layers": 2, "num_heads": 8, "lookup_heads": 6}  # the demo's LM and hint
 
 
 # ---- the digits task (real parts) ----
@@ -109,7 +113,7 @@ def draw_tile_scene(rng: random.Random, scene, tile: int = TOWER_SIZE) -> Image.
     return image
 
 
-def sample_count_scene(rng: random.Random):
+def sample_region_scene(rng: random.Random):
     """1-6 objects in distinct cells of the 3 x 3 grid, each of a random colour and shape (repeats allowed)."""
     from vlmforge.data.synth_scenes import COLOURS, SHAPES, SceneObject
 
@@ -118,41 +122,37 @@ def sample_count_scene(rng: random.Random):
                         for cell in cells))
 
 
-def scene_conversation(rng: random.Random, scene, kind: str) -> tuple[str, str]:
-    """(question, answer) of `kind`: "caption" (every cell named, the demo's caption), "count_shape"
-    ("How many squares are there?": needs each object's shape) or "count_colour" (needs its colour)."""
-    from vlmforge.data.synth_language import CAPTION_PROMPTS, describe_scene
+def region_question(rng: random.Random, scene, kind: str, lang: str) -> tuple[str, str, int]:
+    """(question, answer, cell) about a random object of `scene`, named by its region: "shape_at" ("What
+    shape is at the top left?" / "左上是什么形状？": needs the object's shape, the detail) or "colour_at"
+    ("What color is the shape at the top left?": its colour, which both views keep; the control)."""
+    from vlmforge.data.synth_language import QUESTION_TEMPLATES, answer_for, position_word
 
-    if kind == "caption":
-        return CAPTION_PROMPTS["en"], describe_scene(scene, "en")
-    attribute = "shape" if kind == "count_shape" else "colour"
-    value = rng.choice(sorted({getattr(obj, attribute) for obj in scene}) + [None])
-    if value is None:  # a value the scene may lack: "zero" is an answer too
-        from vlmforge.data.synth_scenes import COLOURS, SHAPES
-
-        value = rng.choice([item.name for item in (SHAPES if attribute == "shape" else COLOURS)])
-    question = f"How many {value}s are there?" if attribute == "shape" else f"How many {value} objects are there?"
-    return question, COUNT_WORDS[sum(getattr(obj, attribute) == value for obj in scene)]
+    obj = rng.choice(scene)
+    asked = "shape" if kind == "shape_at" else "colour"
+    question = QUESTION_TEMPLATES[(asked, "position")][lang].format(position=position_word(obj.row, obj.col, lang))
+    return question, answer_for(asked, scene, obj, lang), obj.row * 3 + obj.col
 
 
 def write_split(folder: Path, name: str, count: int, size: int, seed: int, task: str) -> Path:
     """`count` records of `task` ("digits" or "regions") with their images under folder/images. Region
-    records are captions and count questions (the train split), or count questions only (test)."""
+    records ask about one region each (`meta.turn_cells`: the asked cell), shape and colour questions in
+    turn, English and Chinese in turn."""
     rng = random.Random(f"{seed}-{name}")
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    kinds = ("count_shape", "count_colour") + (("caption",) if name == "train" else ())
     lines = []
     for index in range(count):
-        kind, meta = task, {}
+        kind, meta, lang = task, {}, "en"
         if task == "digits":
             image, answer, question = *draw_digit_scene(rng, size), DIGIT_QUESTION
         else:
-            scene, kind = sample_count_scene(rng), kinds[index % len(kinds)]
-            image, (question, answer) = draw_region_scene(rng, scene), scene_conversation(rng, scene, kind)
-            meta = {"objects": [obj.to_meta() for obj in scene]}
+            scene, kind, lang = sample_region_scene(rng), REGION_KINDS[index % 2], ("en", "zh")[index // 2 % 2]
+            image = draw_region_scene(rng, scene)
+            question, answer, cell = region_question(rng, scene, kind, lang)
+            meta = {"objects": [obj.to_meta() for obj in scene], "turn_cells": [cell]}
         path = f"images/{name}-{index}.png"
         image.save(folder / path)
-        lines.append({"id": f"{name}{index}", "images": [path], "type": kind, "lang": "en", "meta": meta,
+        lines.append({"id": f"{name}{index}", "images": [path], "type": kind, "lang": lang, "meta": meta,
                       "messages": [{"role": "user", "content": f"{question}\n<image>"},
                                    {"role": "assistant", "content": answer}]})
     out = folder / f"{name}.jsonl"
@@ -179,7 +179,7 @@ def tower_records(folder: Path, task_records: list[dict], task_root: Path, count
             small = image.convert("RGB").resize((TOWER_SIZE, TOWER_SIZE), Image.Resampling.BICUBIC)
         path = f"images/view-{index}.png"
         small.save(folder / path)
-        records.append({"images": [path], "meta": record["meta"]})
+        records.append({"images": [path], "meta": {"objects": record["meta"]["objects"]}})
     return records
 
 
@@ -196,133 +196,164 @@ def idefics3_layout(slots: list[str]) -> str:
     return text + f"\n{FAKE_IMAGE_TOKEN}{GLOBAL_IMAGE_TOKEN}{slots[9]}{FAKE_IMAGE_TOKEN}"
 
 
-CELL_WORDS = tuple(f"<{colour}_{shape}>" for colour in ("red", "green", "blue", "yellow", "purple", "orange")
+# ---- the LM's stand-in for the image: cell words in each family's layout ----
+#
+# Llava's 9 image tokens are 9 patches of one view: the tower's position embeddings tell each patch's
+# place, so Llava's stand-ins are the demo's cell words, which carry place and content
+# (`<top_left:red_circle>`, `vlmforge.demo.cell_words`). Idefics3's tiles are read one by one by the
+# tower: a tile's token cannot know where the tile was, and the place is only in the layout token
+# before it (`<row_1_col_1>`), as in real Idefics3. Its stand-ins are therefore content-only
+# (`TILE_WORDS`); the global view's slot keeps the `<image>` token (a view the questions never ask
+# about). The LM learns both layouts from the same records.
+
+TILE_WORDS = tuple(f"<{colour}_{shape}>" for colour in ("red", "green", "blue", "yellow", "purple", "orange")
                    for shape in ("circle", "square", "triangle")) + ("<empty>",)
 
 
-def cell_words(record: dict) -> list[str]:
-    """One word per region of the record's scene, row by row: `<red_circle>` ... or `<empty>`."""
-    by_cell = {obj["row"] * 3 + obj["col"]: obj for obj in record["meta"]["objects"]}
-    return [f"<{by_cell[cell]['colour']}_{by_cell[cell]['shape']}>" if cell in by_cell else "<empty>"
-            for cell in range(9)]
+def add_stand_in_words(tokenizer) -> None:
+    """The Idefics3 layout tokens, the demo's cell words and one-token place names, and `TILE_WORDS`."""
+    from vlmforge.demo.cell_words import add_cell_words
+    from vlmforge.model.idefics3 import add_idefics3_tokens
+
+    add_idefics3_tokens(tokenizer)
+    add_cell_words(tokenizer)
+    tokenizer.add_tokens([word for word in TILE_WORDS if word not in tokenizer.get_vocab()])
 
 
-def cell_word_messages(record: dict, layout: str) -> list[dict]:
-    """The record's messages with `<image>` as its 9 cell words, in Llava's layout (9 tokens in a row)
-    or Idefics3's (9 tiles between layout tokens, then the global view as `<empty>`)."""
-    words = cell_words(record)
-    image = "".join(words) if layout == "llava" else idefics3_layout(words + ["<empty>"])
-    return [{"role": m["role"], "content": m["content"].replace("<image>", image)} for m in record["messages"]]
+def stand_in_ids(record: dict, layout: str, tokenizer) -> tuple[list[int], list[int]]:
+    """(ids that replace the record's `<image>`, offset of each of the 9 regions' tokens in them), in
+    Llava's layout (9 cell words in a row) or Idefics3's (the processor's layout around 9 tile words)."""
+    from vlmforge.data.synth import scene_of_record
+    from vlmforge.demo.cell_words import scene_cell_words
+
+    scene = scene_of_record(record)
+    if layout == "llava":
+        return tokenizer.encode(scene_cell_words(scene), add_special_tokens=False), list(range(9))
+    by_cell = {obj.cell: f"<{obj.colour}_{obj.shape}>" for obj in scene}
+    ids = tokenizer.encode(idefics3_layout(["<image>"] * 10), add_special_tokens=False)
+    slots = [i for i, token in enumerate(ids) if token == tokenizer.convert_tokens_to_ids("<image>")]
+    for cell, slot in enumerate(slots[:9]):
+        ids[slot] = tokenizer.convert_tokens_to_ids(by_cell.get(cell, "<empty>"))
+    return ids, slots[:9]
 
 
-def cell_word_composition(tokenizer):
-    """(ids (19,), weights (19, V)): a cell word's embedding is the mean of its colour's word forms plus
-    the mean of its shape's ("nothing"'s for `<empty>`), as in the demo: the caption's words are then
-    already in the cell's vector, and the LM only has to learn where to look."""
+def lm_sample(record: dict, layout: str, tokenizer):
+    """The record as an `LmSample` of the demo's LM pre-training, with the image as stand-in words.
+
+    Tokenised by the data layer (`encode_conversation`, the stand-ins given as the image's own ids, as
+    Idefics3's tile ids are given in training). The hint: every answer word looks at the asked region's
+    token (last layer); the answer's first word looks at the question's place name (first layer); and,
+    in Idefics3's layout, each tile word looks at the `<row_r_col_c>` token just before it (first layer,
+    the same head), so the tile's vector carries its place as the question's place name does."""
+    from vlmforge.data.tokenize import IGNORE_INDEX, encode_conversation
+    from vlmforge.demo.lm_pretraining import LmSample
+
+    ids, offsets = stand_in_ids(record, layout, tokenizer)
+    encoded = encode_conversation(record["messages"], tokenizer, "<image>", [ids], None)
+    start = next(i for i in range(len(encoded.input_ids)) if encoded.input_ids[i:i + len(ids)] == ids)
+    cell = start + offsets[record["meta"]["turn_cells"][0]]
+    trained = [i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX][:-1]  # not the end of turn
+    lookups = [(position - 1, cell) for position in trained]
+    places = set(place_ids(tokenizer, record["meta"]["turn_cells"][0]))
+    question_words = [(trained[0] - 1, [i for i in range(start) if encoded.input_ids[i] in places])]
+    if layout == "idefics3":
+        question_words += [(start + offset, [start + offset - 1]) for offset in offsets]
+    return LmSample(encoded, lookups, question_words)
+
+
+def place_ids(tokenizer, cell: int) -> list[int]:
+    """Ids of the one-token place names of `cell` ("top left", " top left", "左上")."""
+    from vlmforge.demo.cell_words import place_words
+
+    forms = place_words()
+    per_cell = len(forms) // 9
+    return tokenizer.convert_tokens_to_ids(forms[cell * per_cell:(cell + 1) * per_cell])
+
+
+def stand_in_composition(tokenizer):
+    """(ids, weights (K, V)): the demo's cell words (place + colour + shape words, `cell_word_composition`)
+    and the tile words (colour + shape words, "nothing" for `<empty>`): each one's embedding is made of
+    the words that name it, so the answer is already in its vector and the LM learns where to look."""
     import torch
 
     from vlmforge.data.synth_scenes import COLOUR_BY_NAME, SHAPE_BY_NAME
+    from vlmforge.demo.cell_words import cell_word_composition
 
-    def forms(word: str) -> list[str]:
-        chinese = {**{k: v.zh for k, v in COLOUR_BY_NAME.items()}, **{k: v.zh for k, v in SHAPE_BY_NAME.items()}}
-        return [word, f" {word}"] + ([chinese[word]] if word in chinese else [])
-
+    chinese = {**{k: v.zh for k, v in COLOUR_BY_NAME.items()}, **{k: v.zh for k, v in SHAPE_BY_NAME.items()},
+               "nothing": "无"}
     rows = []
-    for word in CELL_WORDS:
+    for word in TILE_WORDS:
         row = torch.zeros(len(tokenizer))
         for name in (word[1:-1].split("_") if word != "<empty>" else ["nothing"]):
-            ids = sorted({i for form in forms(name) for i in tokenizer(form, add_special_tokens=False)["input_ids"]})
+            ids = sorted({i for form in (name, f" {name}", chinese[name])
+                          for i in tokenizer(form, add_special_tokens=False)["input_ids"]})
             row[ids] += 1.0 / len(ids)
         rows.append(row)
-    return torch.tensor(tokenizer.convert_tokens_to_ids(list(CELL_WORDS))), torch.stack(rows)
-
-
-def encode_text_conversation(messages: list[dict], tokenizer):
-    """Ids of the chat-templated conversation, trained on the reply. Not `encode_conversation`: that one
-    reads special tokens inside message text as plain text (so data cannot forge them), and the
-    Idefics3 layout tokens here must be the tokens themselves."""
-    from vlmforge.data.tokenize import IGNORE_INDEX, EncodedSample
-
-    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
-    reply = tokenizer.apply_chat_template(messages, tokenize=False)[len(prompt):]
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
-    return EncodedSample(prompt_ids + reply_ids, [IGNORE_INDEX] * len(prompt_ids) + reply_ids, 0)
-
-
-def pretrain_lm(conversations: list[list[dict]], tokenizer, out_dir: Path, steps: int, seed: int) -> Path:
-    """A tiny Qwen2 LM (hidden 128, 2 layers, 8 heads, tied embeddings, the demo's shape) trained from
-    scratch on `conversations` (loss on the replies, vlmforge's own tokenisation and padding), the cell
-    words' embeddings composed as `cell_word_composition` says; saved with the tokenizer."""
-    import torch
-    import torch.nn.functional as F
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from vlmforge.train.batching import pad_samples
-    from vlmforge.train.loop import cosine_with_warmup
-
-    samples = [encode_text_conversation(messages, tokenizer) for messages in conversations]
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
-        num_key_value_heads=8, head_dim=16, max_position_embeddings=512, tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    cell_ids, weights = cell_word_composition(tokenizer)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, betas=(0.9, 0.95))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(max(1, steps // 20), steps, 0.1))
-    rng, losses = random.Random(seed), []
-    for _ in range(steps):
-        batch = pad_samples(rng.sample(samples, 32), tokenizer.pad_token_id)
-        table = model.get_input_embeddings().weight  # (V, D), cell-word rows composed of their words' rows
-        table = table.index_put((cell_ids,), weights @ table)
-        loss = model(inputs_embeds=F.embedding(batch["input_ids"], table), attention_mask=batch["attention_mask"],
-                     labels=batch["labels"], use_cache=False).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-    with torch.no_grad():
-        weight = model.get_input_embeddings().weight
-        weight[cell_ids] = weights @ weight
-    model.generation_config.eos_token_id, model.generation_config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / "pretraining_metrics.json").write_text(json.dumps(
-        {"steps": steps, "first_loss": losses[0], "final_loss": statistics.mean(losses[-20:])}) + "\n")
-    return out_dir
+    cell_ids, cell_rows = cell_word_composition(tokenizer)
+    tile_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(TILE_WORDS)))
+    return torch.cat([cell_ids, tile_ids]), torch.cat([cell_rows, torch.stack(rows)])
 
 
 def scratch_parts(args, out: Path, train_path: Path, test_path: Path) -> dict:
     """Tokenizer, tower and LM made here; {"vision", "llm", "metrics"}. The tower is the demo's
-    (`pretrain_vision_tower`); the LM is the demo's shape with content-only cell words.
-
-    The LM reads cell words in both families' layouts (half the texts each), so neither model
-    starts with an LM that knows only its rival's image layout."""
+    (`pretrain_vision_tower`); the LM is the demo's (`pretrain_language_model`, its shape and hint),
+    trained on every training record in both families' layouts, so neither model starts with an LM
+    that knows only its rival's image layout."""
     from vlmforge.data.synth_language import LANGUAGES, describe_scene
     from vlmforge.data.synth_scenes import sample_scene
     from vlmforge.data.tokenizer_training import train_bpe_tokenizer
+    from vlmforge.demo.lm_pretraining import pretrain_language_model
     from vlmforge.demo.training_loop import read_metrics
     from vlmforge.demo.vision_pretraining import pretrain_vision_tower
-    from vlmforge.model.idefics3 import add_idefics3_tokens
 
     records = [json.loads(line) for line in train_path.read_text().splitlines()]
     rng = random.Random(f"{args.seed}-parts")
     captions = [describe_scene(sample_scene(rng, rng.randint(1, 3)), lang) for _ in range(500) for lang in LANGUAGES]
     tokenizer = train_bpe_tokenizer([m["content"] for r in records for m in r["messages"]] + captions, vocab_size=1024)
-    add_idefics3_tokens(tokenizer)  # `<image>` and the layout tokens, so the LM learns them too
-    tokenizer.add_tokens(list(CELL_WORDS))
+    add_stand_in_words(tokenizer)
     tower_data = out / "parts" / "tower-data"
     images = tower_records(tower_data, records[:args.tower_views], train_path.parent, args.tower_views, args.seed)
     random.Random(args.seed).shuffle(images)  # its probe split then holds both kinds
     vision = pretrain_vision_tower(images, tower_data, out / "parts" / "vision", max_steps=args.tower_steps,
                                    max_seconds=None, seed=args.seed)
-    conversations = [cell_word_messages(record, ("llava", "idefics3")[index % 2]) for index, record in enumerate(records)]
-    llm = pretrain_lm(conversations, tokenizer, out / "parts" / "llm", args.lm_steps, args.seed)
+    scale_tower_features(vision, TOWER_FEATURE_SCALE)
+    samples = [lm_sample(record, layout, tokenizer) for record in records for layout in ("llava", "idefics3")]
+    llm = pretrain_language_model(samples, tokenizer, out / "parts" / "llm", steps=args.lm_steps, seed=args.seed,
+                                  composition=stand_in_composition(tokenizer), **LM_SETTINGS)
     metrics = {"vision": read_metrics(vision), "llm": read_metrics(llm)}
     metrics["vision"]["probe_by_view"] = probe_by_view(vision, images, tower_data)
     metrics["llm"]["text_accuracy"] = {layout: lm_text_accuracy(llm, test_path, layout) for layout in ("llava", "idefics3")}
     return {"vision": str(vision), "llm": str(llm), "metrics": metrics}
+
+
+def scale_tower_features(vision_dir: Path, factor: float) -> None:
+    """Scale the saved tower's features by `factor`, its function otherwise unchanged: the residual
+    stream's every input (patch and position embeddings, each layer's attention and MLP output) and
+    the final LayerNorm's affine are multiplied by it, and the LayerNorms inside read the stream
+    scale-free. Both families' features scale alike: Llava's (the last hidden state) and Idefics3's
+    (after the final LayerNorm).
+
+    Why (measured with `TOWER_FEATURE_SCALE` = 1, then 1/8): the demo's tower writes features so long
+    that a fresh projector starts at image tokens 6-8 times as long as the LM's word embeddings (~1),
+    and the tiny LM reads its own cell words at chance at that length (x8: 40 %, x15: 20 %, x3:
+    100 %). Aligning under the frozen LM then only grew them: Adam moves each weight by about the
+    learning rate a step, so a projector's output moves by about lr x its input's L1 norm, which for
+    Idefics3's connector (9 patches side by side) took its tokens to length 377 in 600 steps (25 in
+    200 at 1/8). At 1/72 neither family outgrows the LM (colour read at 95 % / 84 % after the same
+    500 steps, against 23 % / 15 % unscaled)."""
+    import torch
+    from transformers import SiglipVisionModel
+
+    tower = SiglipVisionModel.from_pretrained(vision_dir)
+    model = getattr(tower, "vision_model", tower)  # transformers 5 has no inner vision_model
+    scaled = [model.embeddings.patch_embedding.weight, model.embeddings.patch_embedding.bias,
+              model.embeddings.position_embedding.weight, model.post_layernorm.weight, model.post_layernorm.bias]
+    for layer in model.encoder.layers:
+        scaled += [layer.self_attn.out_proj.weight, layer.self_attn.out_proj.bias, layer.mlp.fc2.weight, layer.mlp.fc2.bias]
+    with torch.no_grad():
+        for parameter in scaled:
+            parameter.mul_(factor)
+    tower.save_pretrained(vision_dir)
 
 
 def probe_by_view(vision_dir: Path, records: list[dict], root: Path) -> dict:
@@ -341,19 +372,21 @@ def probe_by_view(vision_dir: Path, records: list[dict], root: Path) -> dict:
     return result
 
 
-def lm_text_accuracy(llm_dir: Path, test_path: Path, layout: str, count: int = 150) -> dict:
-    """The LM alone on test questions, the image given as cell words: the ceiling of what the VLMs can learn."""
+def lm_text_accuracy(llm_dir: Path, test_path: Path, layout: str, count: int = 200) -> dict:
+    """The LM alone on test questions, the image given as stand-in words in `layout`: the ceiling of
+    what the VLMs can learn. Exact match per question kind."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from vlmforge.data.tokenize import encode_prompt
 
     model, tokenizer = AutoModelForCausalLM.from_pretrained(llm_dir).eval(), AutoTokenizer.from_pretrained(llm_dir)
     hits = {}
     for record in map(json.loads, test_path.read_text().splitlines()[:count]):
-        prompt = tokenizer.apply_chat_template(cell_word_messages(record, layout)[:1], tokenize=False,
-                                               add_generation_prompt=True)
-        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        ids = torch.tensor([encode_prompt(record["messages"][:1], tokenizer, "<image>",
+                                          [stand_in_ids(record, layout, tokenizer)[0]])])
         with torch.no_grad():
-            output = model.generate(ids, max_new_tokens=8, do_sample=False)
+            output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
         said = tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip()
         hits.setdefault(record["type"], []).append(said == record["messages"][-1]["content"])
     return {kind: statistics.mean(values) for kind, values in hits.items()}
@@ -455,27 +488,40 @@ def compare(args, out: Path, parts: dict, train_path: Path, test_path: Path) -> 
 
 
 def write_table(out: Path, args, rows: dict, parts: dict, seconds: float) -> str:
+    """comparison.md (the table, then the parts' own measures) and comparison.json (everything)."""
     import torch
     import transformers
 
     columns = [("image tokens / sample", "image_tokens_per_sample", "{:.0f}"), ("accuracy", "accuracy", "{:.1%}"),
-               ("count by colour", "count_colour", "{:.1%}"), ("count by shape", "count_shape", "{:.1%}"),
-               ("blind", "blind_accuracy", "{:.1%}"), ("blind: colour / shape", "blind_count_colour", "{:.1%}"),
+               ("shape at a region", "shape_at", "{:.1%}"), ("colour at a region", "colour_at", "{:.1%}"),
+               ("blind", "blind_accuracy", "{:.1%}"), ("blind: shape / colour", "blind_shape_at", "{:.1%}"),
                ("training tokens/s", "tokens_per_s", "{:.0f}"), ("training samples/s", "samples_per_s", "{:.1f}"),
                ("wall samples/s", "wall_samples_per_s", "{:.1f}")]
     table = ["| arch | " + " | ".join(title for title, _, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for arch, row in rows.items():
         cells = [form.format(row[key]) if key in row else "—" for _, key, form in columns]
-        if "blind_count_shape" in row:
-            cells[5] += f" / {row['blind_count_shape']:.1%}"
+        if "blind_colour_at" in row:
+            cells[5] += f" / {row['blind_colour_at']:.1%}"
         table.append(f"| {arch} | " + " | ".join(cells) + " |")
     versions = {"torch": torch.__version__, "transformers": transformers.__version__, "cpu": _cpu_name(),
                 "python": platform.python_version(), "threads": torch.get_num_threads()}
     report = {"settings": vars(args), "versions": versions, "results": rows, "parts": parts["metrics"],
               "seconds": round(seconds, 1)}
     (out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "comparison.md").write_text("\n".join(table) + "\n")
-    return "\n".join(table)
+    text = "\n".join(table + [""] + parts_lines(parts["metrics"]) + [f"", f"{seconds:.0f} s in all"])
+    (out / "comparison.md").write_text(text + "\n")
+    return text
+
+
+def parts_lines(metrics: dict) -> list[str]:
+    """The parts' own measures as lines: the LM alone on stand-in words, the tower's probes per view."""
+    lines = []
+    for layout, kinds in metrics.get("llm", {}).get("text_accuracy", {}).items():
+        lines.append(f"- LM alone, {layout} layout: " + ", ".join(f"{k} {v:.1%}" for k, v in sorted(kinds.items())))
+    for view, probe in metrics.get("vision", {}).get("probe_by_view", {}).items():
+        lines.append(f"- tower probe, {view}: " + ", ".join(f"{k} {v:.1%}" for k, v in sorted(probe.items())
+                                                          if isinstance(v, float)))
+    return lines
 
 
 def _cpu_name() -> str:
@@ -499,12 +545,12 @@ def parse_args(argv=None):
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--test", type=int, default=300)
     parser.add_argument("--stages", default=None, help="RECIPE:STEPS,... trained in turn; default instruct-lora:600, "
-                                                       "--scratch demo-align:200,demo-instruct-lora:300")
+                                                       "--scratch demo-align:200,demo-instruct-lora:600")
     parser.add_argument("--batch", type=int, default=None, help="default 8; --scratch 16")
     parser.add_argument("--eval-batch", type=int, default=50)
     parser.add_argument("--tower-views", type=int, default=2000, help="--scratch: tower images of each kind")
-    parser.add_argument("--tower-steps", type=int, default=1000)
-    parser.add_argument("--lm-steps", type=int, default=800)
+    parser.add_argument("--tower-steps", type=int, default=2500)
+    parser.add_argument("--lm-steps", type=int, default=1500)
     parser.add_argument("--device", default=None, help="default cuda; --scratch and --tiny cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -512,7 +558,7 @@ def parse_args(argv=None):
     args.scene_size = 3 * TOWER_SIZE if args.scratch else (args.scene_size or 768)
     args.pixel_shuffle = args.pixel_shuffle or 3
     args.longest_edge = args.longest_edge or args.scene_size
-    args.stages = args.stages or ("demo-align:200,demo-instruct-lora:300" if args.scratch else "instruct-lora:600")
+    args.stages = args.stages or ("demo-align:200,demo-instruct-lora:600" if args.scratch else "instruct-lora:600")
     args.batch = args.batch or (16 if args.scratch else 8)
     args.device = args.device or ("cpu" if small else "cuda")
     return args
