@@ -107,20 +107,31 @@ def test_lm_samples_train_the_replies_and_point_each_answer_at_its_cell(dataset,
     tokenizer = train_demo_tokenizer(train, vocab_size=600)
     add_cell_words(tokenizer)
     records = [r for r in train if len(r["messages"]) > 2][:20]
+    cell_ids, weights = cell_word_composition(tokenizer)
+    row_of = {int(cell): row for cell, row in zip(cell_ids, weights)}
+
+    def names(cell_id: int, word_id: int) -> bool:
+        return bool(row_of[cell_id][word_id] > 0)
+
     for record, sample in zip(records, lm_samples(records, tokenizer)):
         ids, labels = sample.encoded.input_ids, sample.encoded.labels
         trained = tokenizer.decode([token for token, label in zip(ids, labels) if label != -100])
         assert trained == "".join(m["content"] + "<|im_end|>" for m in record["messages"][1::2])
         first_cell = next(i for i, token in enumerate(ids) if tokenizer.convert_ids_to_tokens(token).startswith("<top_left:"))
-        # every answer word (not the end-of-turn token) of a turn that asks about a cell points at that cell
-        expected = []
+        # every answer word (not the end-of-turn token) of a turn that asks about a cell points at that cell,
+        # or, asked after the image, at the question's last word naming it, which points at the cell (relay)
+        relayed = dict(sample.relays)
         answer_words = [i for i in range(1, len(ids)) if labels[i] != -100 and ids[i] != tokenizer.eos_token_id]
         turn_of = {i: sum(labels[j] == tokenizer.eos_token_id for j in range(i)) for i in answer_words}
-        for i in answer_words:
-            cell = record["meta"]["turn_cells"][turn_of[i]]
-            if cell is not None:
-                expected.append((i - 1, first_cell + cell))
-        assert sample.lookups == expected and expected
+        expected = [(i - 1, first_cell + record["meta"]["turn_cells"][turn_of[i]]) for i in answer_words
+                    if record["meta"]["turn_cells"][turn_of[i]] is not None]
+        assert [query for query, _ in sample.lookups] == [query for query, _ in expected] and expected
+        for (query, key), (_, cell) in zip(sample.lookups, expected):
+            if key != cell:
+                turn_start = max(j for j in range(query) if labels[j] != -100)  # the previous answer's end
+                assert first_cell + 9 <= turn_start < key < query and relayed[key] == cell
+        assert all(names(ids[cell], ids[word]) for word, cell in sample.relays)  # "red" for <top_left:red_circle>
+    assert any(sample.relays for sample in lm_samples(records, tokenizer))
 
 
 def test_caption_words_look_at_the_cell_whose_place_was_named_last(dataset):
@@ -188,8 +199,6 @@ def test_lookup_hint_teaches_the_last_layer_to_look_at_the_asked_cell(dataset, t
     loss it adds is what `lookup_weight` scales (0: plain next-token training)."""
     from transformers import AutoModelForCausalLM
 
-    from vlmforge.demo.lm_pretraining import _losses
-
     _, train, _, _ = dataset
     tokenizer = train_demo_tokenizer(train, vocab_size=600)
     add_cell_words(tokenizer)
@@ -198,11 +207,14 @@ def test_lookup_hint_teaches_the_last_layer_to_look_at_the_asked_cell(dataset, t
                                      batch_size=16, learning_rate=3e-3, lookup_heads=3,
                                      composition=cell_word_composition(tokenizer))
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    log_weights = []  # (lookups, heads): log attention weight of each last-layer head on each lookup's key
     with torch.no_grad():
-        _, lookup_loss = _losses(model, samples[:32], tokenizer.pad_token_id, None, lookup_heads=3)
-        _, free_head = _losses(model, samples[:32], tokenizer.pad_token_id, None, lookup_heads=4)
-    assert float(torch.exp(-lookup_loss)) > 0.3  # geometric-mean weight on the asked cell; untrained ≈ 1/30
-    assert float(free_head) > float(lookup_loss)  # the 4th head was not trained to look there
+        for sample in samples[:32]:
+            last = model(torch.tensor([sample.encoded.input_ids]), output_attentions=True).attentions[-1][0]
+            log_weights += [torch.log(last[:, query, key] + 1e-6) for query, key in sample.lookups]
+    geometric_mean = torch.stack(log_weights).mean(0).exp()  # per head
+    assert (geometric_mean[:3] > 0.3).all()  # on the asked cell (or relay word); untrained ≈ 1/30
+    assert geometric_mean[3] < geometric_mean[:3].min()  # the 4th head was not trained to look there
 
 
 def test_copy_start_writes_what_the_head_reads():

@@ -205,7 +205,7 @@ def conversation_segments(messages: list[dict], tokenizer) -> list[tuple[str, bo
 def _assistant_span(full: str, messages: list[dict], index: int, tokenizer, cursor: int) -> tuple[int, int]:
     """Character span of assistant turn `index` in `full`: its content and end-of-turn marker."""
     before = render(messages[:index], tokenizer, add_generation_prompt=True)
-    through = render(messages[: index + 1], tokenizer)
+    through = full if index == len(messages) - 1 else render(messages[: index + 1], tokenizer)  # the last turn: all of it
     if full.startswith(before) and full.startswith(through) and cursor <= len(before) <= len(through):
         start, end = len(before), len(through)
         return start, start + len(full[start:end].rstrip())
