@@ -160,7 +160,7 @@ def test_stand_in_composition_sums_the_naming_words(script, tokenizer):
 def test_scratch_defaults_tile_the_scene_at_the_towers_size(script):
     args = script.parse_args(["--scratch", "--out", "x"])
     assert (args.scene_size, args.longest_edge, args.pixel_shuffle, args.device) == (144, 144, 3, "cpu")
-    assert args.stages == "demo-align:200,demo-instruct-lora:600" and (args.lm_steps, args.tower_steps) == (1500, 2500)
+    assert args.stages == "demo-align:200,demo-instruct-lora:600" and (args.lm_steps, args.tower_steps) == (1500, 1000)
     real = script.parse_args(["--out", "x", "--vision", "v", "--llm", "l"])
     assert (real.scene_size, real.device, real.stages) == (768, "cuda", "instruct-lora:600")
 
