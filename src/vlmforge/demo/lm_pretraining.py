@@ -19,9 +19,10 @@ Three things are the demo's own, all measured in docs/demo.md:
 - **a relay for follow-ups** (`_relay_follow_ups`): a question asked after the image cannot be read
   by the cells, so its words naming the asked cell look at it (first layer) and the answer looks at
   those words (last layer);
-- **a copy start** (`start_as_copy`): both layers' value and output projections start as the
-  identity, so the hinted heads write what they look at (without it, answers stayed at chance for
-  800 steps with the attention already on the right cell).
+- **a copy start** (`start_as_copy`): the last layer's value and output projections start as the
+  identity, and the first layer's too when follow-ups are relayed, so the hinted heads write what they
+  look at (without it, answers stayed at chance for 800 steps with the attention already on the right
+  cell; without the first layer's, the relayed LM reached 81 % against 98.8 % with it).
 The hint and the copy start shape pre-training only: the saved model is a plain Qwen2 causal LM, and
 the VLM stages train it with the ordinary loss.
 
@@ -232,8 +233,9 @@ def pretrain_language_model(
     model = make_language_model(len(tokenizer), hidden_size, num_layers, tokenizer, seed, num_heads)
     model.set_attn_implementation("eager")  # the hint reads attention weights
     if lookup_weight and lookup_heads:
-        for layer in (model.model.layers[0], model.model.layers[-1]):  # the hint's heads then pass on what they look at
-            start_as_copy(layer.self_attn)
+        start_as_copy(model.model.layers[-1].self_attn)  # the hint's heads then pass on what they look at
+        if any(sample.relays for sample in samples):
+            start_as_copy(model.model.layers[0].self_attn)  # and the relay's heads what they fetch
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(max(1, round(warmup_fraction * steps)), steps, min_lr_ratio))

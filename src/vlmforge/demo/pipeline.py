@@ -51,7 +51,8 @@ class DemoBudget:
     num_test: int  # held-out questions, balanced over type × language
     vision_steps: int
     lm_steps: int
-    lm_captions: int  # caption texts among the LM's pre-training texts
+    lm_records: int  # question records among the LM's pre-training texts (the first ones)
+    lm_captions: int  # caption texts among them
     align_steps: int | None  # None: the recipe's max_steps
     instruct_steps: int | None
     vision_images: int = 10_000  # the tower is done after ~100 steps: more images only cost loading time
@@ -59,9 +60,9 @@ class DemoBudget:
     eval_batch_size: int = 100
 
 
-DEFAULT_BUDGET = DemoBudget(num_train=20_000, num_test=1200, vision_steps=150, lm_steps=1500, lm_captions=1000,
-                            align_steps=None, instruct_steps=None)
-FAST_BUDGET = DemoBudget(num_train=4000, num_test=240, vision_steps=100, lm_steps=700, lm_captions=400,
+DEFAULT_BUDGET = DemoBudget(num_train=20_000, num_test=1200, vision_steps=150, lm_steps=1000, lm_records=10_000,
+                            lm_captions=1000, align_steps=None, instruct_steps=None)
+FAST_BUDGET = DemoBudget(num_train=4000, num_test=240, vision_steps=100, lm_steps=700, lm_records=4000, lm_captions=400,
                          align_steps=40, instruct_steps=120)
 
 # Half the training conversations go on about their image for a turn or two, so follow-up questions
@@ -150,7 +151,7 @@ def make_parts(data_dir: Path, parts_dir: Path, seed: int, budget: DemoBudget) -
     add_cell_words(tokenizer)
     vision_dir = pretrain_vision_tower(train[:budget.vision_images], data_dir, parts_dir / "vision",
                                        max_steps=budget.vision_steps, max_seconds=None, seed=seed)
-    samples = lm_samples(train + captions[:budget.lm_captions], tokenizer)
+    samples = lm_samples(train[:budget.lm_records] + captions[:budget.lm_captions], tokenizer)
     llm_dir = pretrain_language_model(samples, tokenizer, parts_dir / "llm", steps=budget.lm_steps, seed=seed,
                                       composition=cell_word_composition(tokenizer), **LM_SHAPE, **LM_TRAINING)
     metrics = {"vision": read_metrics(vision_dir), "llm": read_metrics(llm_dir)}
