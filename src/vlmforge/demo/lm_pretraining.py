@@ -8,7 +8,7 @@ Text becomes ids and labels the way vlmforge trains every model: `data.tokenize.
 are padded by `train.batching.pad_samples` and grouped by length by `data.dataset.LengthGroupedSampler`,
 and the learning rate follows `train.loop.cosine_with_warmup`.
 
-Three things are the demo's own, all measured in docs/demo.md:
+Four things are the demo's own, all measured in docs/demo.md:
 - **cell words** (`cell_words`) stand in for the image, their embeddings tied to the words that name
   their content and place (`composition`), so answers are already inside the cells' vectors;
 - **a lookup hint**: besides the next-token loss, the first `lookup_heads` heads of the last layer are
@@ -153,7 +153,7 @@ def _relay_follow_ups(encoded: EncodedSample, lookups: list[tuple[int, int]], qu
 
     A first question comes before the image, so the cells read it (first layer) and the answer only has
     to find the cell that was asked about. A follow-up comes after the cells, which cannot read it: there
-    the answer looked at the cell the *first* question asked about (73 % / 62 % right at 1 000 steps).
+    the answer looked at the cell the *first* question asked about (74 % / 62 % right at 1 000 steps).
     Relayed, the follow-up's words naming the asked cell fetch its content (first layer, `relays`) and
     the answer reads the last such word (last layer, its lookups' key): 100 % / 96 % (docs/demo.md)."""
     first_cell = _first_cell(encoded.input_ids, naming)
