@@ -278,19 +278,9 @@ def stand_in_composition(tokenizer):
     the words that name it, so the answer is already in its vector and the LM learns where to look."""
     import torch
 
-    from vlmforge.data.synth_scenes import COLOUR_BY_NAME, SHAPE_BY_NAME
-    from vlmforge.demo.cell_words import cell_word_composition
+    from vlmforge.demo.cell_words import cell_word_composition, content_composition
 
-    chinese = {**{k: v.zh for k, v in COLOUR_BY_NAME.items()}, **{k: v.zh for k, v in SHAPE_BY_NAME.items()},
-               "nothing": "无"}
-    rows = []
-    for word in TILE_WORDS:
-        row = torch.zeros(len(tokenizer))
-        for name in (word[1:-1].split("_") if word != "<empty>" else ["nothing"]):
-            ids = sorted({i for form in (name, f" {name}", chinese[name])
-                          for i in tokenizer(form, add_special_tokens=False)["input_ids"]})
-            row[ids] += 1.0 / len(ids)
-        rows.append(row)
+    rows = [content_composition(tokenizer, word[1:-1]) for word in TILE_WORDS]  # "<empty>" -> "empty"
     cell_ids, cell_rows = cell_word_composition(tokenizer)
     tile_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(TILE_WORDS)))
     return torch.cat([cell_ids, tile_ids]), torch.cat([cell_rows, torch.stack(rows)])

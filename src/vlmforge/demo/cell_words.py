@@ -84,19 +84,31 @@ def cell_word_composition(tokenizer):
     """
     import torch
 
-    vocab_size = len(tokenizer)
     cell_ids, rows = [], []
     for cell, slug in enumerate(POSITION_SLUGS):
         row_index, col_index = divmod(cell, GRID_SIZE)
         place = _naming_forms(POSITION_NAMES["en"][row_index][col_index], POSITION_NAMES["zh"][row_index][col_index])
         for content in CONTENTS:
-            row = torch.zeros(vocab_size)
-            for forms in (place, *_content_forms(content)):
-                ids = sorted({i for form in forms for i in tokenizer(form, add_special_tokens=False)["input_ids"]})
-                row[ids] += 1.0 / len(ids)
             cell_ids.append(_token_id(tokenizer, cell_word(cell, content)))
-            rows.append(row)
+            rows.append(_composed_row(tokenizer, [place, *_content_forms(content)]))
     return torch.tensor(cell_ids), torch.stack(rows)
+
+
+def content_composition(tokenizer, content: str):
+    """Weights (V,) of a word standing for a cell's content alone ("red_circle", or "empty"), made as a cell
+    word's but without the place: the mean of the colour's word forms plus the mean of the shape's."""
+    return _composed_row(tokenizer, _content_forms(content))
+
+
+def _composed_row(tokenizer, form_groups: list[list[str]]):
+    """(V,) weights: for each group of forms of one word, the mean over the token ids of its forms, added up."""
+    import torch
+
+    row = torch.zeros(len(tokenizer))
+    for forms in form_groups:
+        ids = sorted({i for form in forms for i in tokenizer(form, add_special_tokens=False)["input_ids"]})
+        row[ids] += 1.0 / len(ids)
+    return row
 
 
 def _token_id(tokenizer, word: str) -> int:
