@@ -12,8 +12,9 @@ scenes whose 3 x 3 regions of 48 px hold 1-6 SMALL objects (7-10 px, random colo
 random place inside their region); each record asks about one occupied region, in English or Chinese:
 its shape ("What shape is at the top left?" / "左上是什么形状？", the detail) or its colour ("What
 color is the shape at the top left?", the control: colour survives the downscale). The demo's
-SigLIP tower (48 px, 16 px patches) is pre-trained per patch on 48 px tiles of such objects AND on
-whole scenes downscaled to 48 px (so Llava's view is one it was trained on: the fairest Llava); the
+SigLIP tower (48 px, 16 px patches) is pre-trained per patch on 10 000 48 px tiles of such objects
+(0-9 a tile: with 2 000 tiles of 0-3 it read shape at full size only ~72 % of the time) AND on whole
+scenes downscaled to 48 px (so Llava's view is one it was trained on: the fairest Llava); the
 demo's tiny Qwen2 LM is pre-trained by the demo's own `pretrain_language_model` (its lookup hint and
 copy start) on the conversations with the image replaced by stand-in words in both families' layouts
 (`lm_sample`). Llava reads the scene at 48 px (one patch per region; an object becomes a 2-3 px
@@ -49,6 +50,8 @@ TOWER_SIZE = 48  # the demo's tower: 16 px patches, 3 x 3 per image, one per gri
 OBJECT_SIDES = (7, 10)  # px: shapes told apart at full size; 2-3 px blobs in a 48 px view of the 144 px scene
 REGION_KINDS = ("shape_at", "colour_at")  # what a region question asks: the detail, or the control
 TOWER_FEATURE_SCALE = 1 / 72  # tower features small enough that no projector outgrows the LM (`scale_tower_features`)
+TOWER_TILE_OBJECTS = 9  # pre-training tiles hold 0-9 objects: ~3x the shapes a step of 0-3 gave (`tower_records`)
+PROBE_IMAGES = 1500  # held-out images of each kind for the tower's probes (1 200 fit, 300 scored)
 LM_SETTINGS = {"hidden_size": 128, "num_layers": 2, "num_heads": 8, "lookup_heads": 6}  # the demo's LM and hint
 
 
@@ -113,11 +116,12 @@ def draw_tile_scene(rng: random.Random, scene, tile: int = TOWER_SIZE) -> Image.
     return image
 
 
-def sample_region_scene(rng: random.Random):
-    """1-6 objects in distinct cells of the 3 x 3 grid, each of a random colour and shape (repeats allowed)."""
+def sample_region_scene(rng: random.Random, fewest: int = 1, most: int = 6):
+    """`fewest`-`most` objects in distinct cells of the 3 x 3 grid, each of a random colour and shape
+    (repeats allowed)."""
     from vlmforge.data.synth_scenes import COLOURS, SHAPES, SceneObject
 
-    cells = rng.sample(range(9), rng.randint(1, 6))
+    cells = rng.sample(range(9), rng.randint(fewest, most))
     return tuple(sorted(SceneObject(cell // 3, cell % 3, rng.choice(SHAPES).name, rng.choice(COLOURS).name)
                         for cell in cells))
 
@@ -160,17 +164,20 @@ def write_split(folder: Path, name: str, count: int, size: int, seed: int, task:
     return out
 
 
-def tower_records(folder: Path, task_records: list[dict], task_root: Path, count: int, seed: int) -> list[dict]:
-    """Pre-training images for the demo tower, labelled per 3 x 3 cell: `count` tiles (48 px, 0-3 small
-    objects: what an Idefics3 tile shows) and the task's scenes downscaled to 48 px (what Llava and
-    the global view show; an object's label goes to its region's cell)."""
+def tower_records(folder: Path, task_records: list[dict], task_root: Path, count: int, seed: int,
+                  name: str = "tower", most: int = 0) -> list[dict]:
+    """Images for the demo tower, labelled per 3 x 3 cell: `count` tiles (48 px, small objects: what an
+    Idefics3 tile shows; 0-3 of distinct shapes, or 0-`most` of any shape when `most` is given) and
+    the task's scenes downscaled to 48 px (what Llava and the global view show; an object's label goes
+    to its region's cell). `name` seeds the tiles: "tower" for pre-training, "probe-tiles" for the
+    held-out images the probes are scored on."""
     from vlmforge.data.synth_scenes import sample_scene
 
-    rng = random.Random(f"{seed}-tower")
+    rng = random.Random(f"{seed}-{name}")
     (folder / "images").mkdir(parents=True, exist_ok=True)
     records = []
     for index in range(count):
-        scene = sample_scene(rng, rng.choice((0, 1, 1, 2, 3)))
+        scene = sample_region_scene(rng, 0, most) if most else sample_scene(rng, rng.choice((0, 1, 1, 2, 3)))
         path = f"images/tile-{index}.png"
         draw_tile_scene(rng, scene).save(folder / path)
         records.append({"images": [path], "meta": {"objects": [obj.to_meta() for obj in scene]}})
@@ -304,11 +311,13 @@ def scratch_parts(args, out: Path, train_path: Path, test_path: Path) -> dict:
     tokenizer = train_bpe_tokenizer([m["content"] for r in records for m in r["messages"]] + captions, vocab_size=1024)
     add_stand_in_words(tokenizer)
     tower_data = out / "parts" / "tower-data"
-    images = tower_records(tower_data, records[:args.tower_views], train_path.parent, args.tower_views, args.seed)
+    images = tower_records(tower_data, records[:args.tower_views], train_path.parent, args.tower_tiles, args.seed,
+                           most=TOWER_TILE_OBJECTS)
     random.Random(args.seed).shuffle(images)  # its probe split then holds both kinds
     vision = pretrain_vision_tower(images, tower_data, out / "parts" / "vision", max_steps=args.tower_steps,
                                    max_seconds=None, seed=args.seed)
-    probes = probe_by_view(vision, images, tower_data)  # before scaling: the probes' fit is not scale-free
+    # probed before scaling (the probes' fit is not scale-free), on images the tower never saw
+    probes = probe_by_view(vision, probe_records(out / "parts", args), out / "parts" / "probe-data")
     scale_tower_features(vision, TOWER_FEATURE_SCALE)
     samples = [lm_sample(record, layout, tokenizer) for record in records for layout in ("llava", "idefics3")]
     llm = pretrain_language_model(samples, tokenizer, out / "parts" / "llm", steps=args.lm_steps, seed=args.seed,
@@ -349,9 +358,18 @@ def scale_tower_features(vision_dir: Path, factor: float) -> None:
     tower.save_pretrained(vision_dir)
 
 
+def probe_records(folder: Path, args, count: int = PROBE_IMAGES) -> list[dict]:
+    """`count` tiles and `count` downscaled scenes that the tower never saw (their own seeds) under
+    folder/probe-data: what `probe_by_view` is fitted and scored on."""
+    scenes = write_split(folder / "probe-scenes", "probe", count, args.scene_size, args.seed, "regions")
+    records = [json.loads(line) for line in scenes.read_text().splitlines()]
+    return tower_records(folder / "probe-data", records, scenes.parent, count, args.seed, name="probe-tiles")
+
+
 def probe_by_view(vision_dir: Path, records: list[dict], root: Path) -> dict:
-    """Linear probes on the frozen tower, fitted and scored on one kind of image at a time: how much
-    colour and shape a tile at full size carries, and how much the 48 px view of a whole scene keeps."""
+    """Linear probes on the frozen tower, fitted (4/5) and scored (1/5) on one kind of held-out image
+    at a time: how much colour and shape a tile at full size carries, and how much the 48 px view of a
+    whole scene keeps."""
     from transformers import SiglipVisionModel
 
     from vlmforge.demo.vision_pretraining import linear_probe, load_scene_tensors
@@ -541,8 +559,9 @@ def parse_args(argv=None):
                                                        "--scratch demo-align:200,demo-instruct-lora:600")
     parser.add_argument("--batch", type=int, default=None, help="default 8; --scratch 16")
     parser.add_argument("--eval-batch", type=int, default=50)
-    parser.add_argument("--tower-views", type=int, default=2000, help="--scratch: tower images of each kind")
-    parser.add_argument("--tower-steps", type=int, default=1000)
+    parser.add_argument("--tower-tiles", type=int, default=10000, help="--scratch: 48 px tiles the tower is trained on")
+    parser.add_argument("--tower-views", type=int, default=2000, help="--scratch: downscaled scenes the tower is trained on")
+    parser.add_argument("--tower-steps", type=int, default=2000)
     parser.add_argument("--lm-steps", type=int, default=1500)
     parser.add_argument("--device", default=None, help="default cuda; --scratch and --tiny cpu")
     parser.add_argument("--seed", type=int, default=0)

@@ -73,6 +73,38 @@ def test_tower_records_label_tiles_per_cell_and_views_per_region(script, tmp_pat
                                                              ("shape_at", "zh"), ("colour_at", "zh")]
 
 
+def test_pre_training_tiles_hold_up_to_nine_objects_each_in_its_cell(script, tmp_path):
+    from vlmforge.data.synth_scenes import BACKGROUND_RGB, COLOUR_BY_NAME
+
+    images = script.tower_records(tmp_path, [], tmp_path, 40, 0, most=script.TOWER_TILE_OBJECTS)
+    counts = [len(record["meta"]["objects"]) for record in images]
+    assert len(images) == 40 and max(counts) > 3 and min(counts) >= 0 and max(counts) <= 9
+    for record in images:
+        pixels = np.asarray(__import__("PIL").Image.open(tmp_path / record["images"][0]))
+        for obj in record["meta"]["objects"]:
+            cell = pixels[obj["row"] * 16:(obj["row"] + 1) * 16, obj["col"] * 16:(obj["col"] + 1) * 16]
+            assert (cell == COLOUR_BY_NAME[obj["colour"]].rgb).all(-1).sum() >= 20  # drawn small in its own cell
+        drawn = sum(1 for r in range(3) for c in range(3)
+                    if (pixels[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] != BACKGROUND_RGB).any())
+        assert drawn == len(record["meta"]["objects"])
+
+
+def test_probe_images_are_held_out_from_the_towers_pre_training(script, tmp_path):
+    args = script.parse_args(["--scratch", "--out", str(tmp_path)])
+    probes = script.probe_records(tmp_path / "parts", args, count=12)
+    train = script.write_split(tmp_path / "data", "train", 12, 144, 0, "regions")
+    tower = script.tower_records(tmp_path / "tower", [json.loads(line) for line in train.read_text().splitlines()],
+                                 train.parent, 12, 0)
+
+    def drawn(records, root):  # the images with an object in them (blank tiles are alike by design)
+        return {np.asarray(__import__("PIL").Image.open(root / r["images"][0])).tobytes()
+                for r in records if r["meta"]["objects"]}
+
+    assert [Path(r["images"][0]).name.split("-")[0] for r in probes] == ["tile"] * 12 + ["view"] * 12
+    probe_images = drawn(probes, tmp_path / "parts" / "probe-data")
+    assert len(probe_images) > 12 and not probe_images & drawn(tower, tmp_path / "tower")
+
+
 def test_idefics3_layout_is_the_processors(script):
     import transformers
 
@@ -160,7 +192,8 @@ def test_stand_in_composition_sums_the_naming_words(script, tokenizer):
 def test_scratch_defaults_tile_the_scene_at_the_towers_size(script):
     args = script.parse_args(["--scratch", "--out", "x"])
     assert (args.scene_size, args.longest_edge, args.pixel_shuffle, args.device) == (144, 144, 3, "cpu")
-    assert args.stages == "demo-align:200,demo-instruct-lora:600" and (args.lm_steps, args.tower_steps) == (1500, 1000)
+    assert args.stages == "demo-align:200,demo-instruct-lora:600" and (args.lm_steps, args.tower_steps) == (1500, 2000)
+    assert (args.tower_tiles, args.tower_views) == (10000, 2000)  # measured: 2 000 tiles read shape at ~72 % only
     real = script.parse_args(["--out", "x", "--vision", "v", "--llm", "l"])
     assert (real.scene_size, real.device, real.stages) == (768, "cuda", "instruct-lora:600")
 
