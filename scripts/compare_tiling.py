@@ -4,7 +4,7 @@ With real parts (a GPU run; 768 x 768 scenes with a 3-digit number in a small fo
     python scripts/compare_tiling.py --vision SIGLIP_DIR --llm LLM_DIR --out runs/tiling \\
         --scene-size 768 --tile-size 384 --pixel-shuffle 3 --longest-edge 768 --stages instruct-lora:600 --device cuda
 
-From scratch on a CPU (what docs/high-resolution.md reports; ~15 min at one thread):
+From scratch on a CPU (what docs/high-resolution.md reports; ~13 min at one thread):
     OMP_NUM_THREADS=1 python scripts/compare_tiling.py --scratch --out runs/tiling-cpu
 
 `--scratch` makes every part here, the way `vlmforge demo` does, with a task sized for it: 144 x 144 px
