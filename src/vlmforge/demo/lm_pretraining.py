@@ -71,16 +71,18 @@ def lm_samples(records: list[dict], tokenizer) -> list[LmSample]:
     """Every record as an `LmSample`; a record's `meta.turn_cells` (if any) gives its hint targets."""
     cell_ids, weights = cell_word_composition(tokenizer)
     naming = {int(cell): set(row.nonzero().flatten().tolist()) for cell, row in zip(cell_ids, weights)}
+    cell_of = {int(cell): index // (len(cell_ids) // GRID_SIZE**2) for index, cell in enumerate(cell_ids)}
     forms_per_place = len(place_words()) // GRID_SIZE**2
     place_cells = {tokenizer.convert_tokens_to_ids(word): index // forms_per_place for index, word in enumerate(place_words())}
     samples = []
     for record in records:
         encoded = encode_conversation(cell_word_messages(record), tokenizer, IMAGE_PLACEHOLDER, 0, None)
+        cells = _cell_positions(encoded.input_ids, cell_of)
         turn_cells = record.get("meta", {}).get("turn_cells")
-        lookups = (_lookups(encoded, turn_cells, naming) if turn_cells
-                   else _caption_lookups(encoded, naming, place_cells))
+        lookups = (_lookups(encoded, turn_cells, cells) if turn_cells
+                   else _caption_lookups(encoded, cells, place_cells))
         words = _question_words(encoded, lookups, naming)
-        lookups, relays = _relay_follow_ups(encoded, lookups, words, naming)
+        lookups, relays = _relay_follow_ups(encoded, lookups, words, cells)
         samples.append(LmSample(encoded, lookups, words, relays))
     return samples
 
@@ -97,35 +99,33 @@ def _answer_spans(labels: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def _first_cell(ids: list[int], naming: dict) -> int | None:
-    """Position of the first cell word (the image's first token), or None for a text without an image."""
-    return next((i for i, token in enumerate(ids) if token in naming), None)
+def _cell_positions(ids: list[int], cell_of: dict[int, int]) -> dict[int, int]:
+    """{grid cell: position of its cell word} (empty for a text without an image)."""
+    return {cell_of[token]: i for i, token in enumerate(ids) if token in cell_of}
 
 
-def _lookups(encoded: EncodedSample, turn_cells: list | None, naming: dict) -> list[tuple[int, int]]:
+def _lookups(encoded: EncodedSample, turn_cells: list | None, cells: dict[int, int]) -> list[tuple[int, int]]:
     """(position that predicts a word of turn i's answer, position of the cell turn i asks about), for
     every answer word (not the end-of-turn token: it is the same whatever the cell holds)."""
-    first_cell = _first_cell(encoded.input_ids, naming)
-    if not turn_cells or first_cell is None:
+    if not turn_cells or not cells:
         return []
-    return [(position - 1, first_cell + cell) for (first, last), cell in zip(_answer_spans(encoded.labels), turn_cells)
+    return [(position - 1, cells[cell]) for (first, last), cell in zip(_answer_spans(encoded.labels), turn_cells)
             if cell is not None for position in range(first, last + 1)]
 
 
-def _caption_lookups(encoded: EncodedSample, naming: dict, place_cells: dict) -> list[tuple[int, int]]:
+def _caption_lookups(encoded: EncodedSample, cells: dict[int, int], place_cells: dict) -> list[tuple[int, int]]:
     """In a reply that names places ("top left: nothing; top middle: an orange square; ..."), each word after
     a place name looks at that place's cell: (position that predicts it, cell position). Every word, not
     only the content words: BPE cuts Chinese ("红色正方形") where it likes."""
     ids, labels = encoded.input_ids, encoded.labels
-    first_cell = _first_cell(ids, naming)
-    if first_cell is None:
+    if not cells:
         return []
     lookups, current = [], None
     for i in range(1, len(ids)):
         if labels[i] == IGNORE_INDEX:
             current = None
         elif ids[i] in place_cells:
-            current = first_cell + place_cells[ids[i]]
+            current = cells[place_cells[ids[i]]]
         elif current is not None and i + 1 < len(ids) and labels[i + 1] != IGNORE_INDEX:  # not the end of turn
             lookups.append((i - 1, current))
     return lookups
@@ -148,7 +148,7 @@ def _question_words(encoded: EncodedSample, lookups: list[tuple[int, int]], nami
 
 
 def _relay_follow_ups(encoded: EncodedSample, lookups: list[tuple[int, int]], question_words: list[tuple[int, list[int]]],
-                      naming: dict) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+                      cells: dict[int, int]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """Route the lookups of questions asked after the image through the question's words: (lookups, relays).
 
     A first question comes before the image, so the cells read it (first layer) and the answer only has
@@ -156,10 +156,9 @@ def _relay_follow_ups(encoded: EncodedSample, lookups: list[tuple[int, int]], qu
     the answer looked at the cell the *first* question asked about (74 % / 62 % right at 1 000 steps).
     Relayed, the follow-up's words naming the asked cell fetch its content (first layer, `relays`) and
     the answer reads the last such word (last layer, its lookups' key): 100 % / 96 % (docs/demo.md)."""
-    first_cell = _first_cell(encoded.input_ids, naming)
-    if first_cell is None:
+    if not cells:
         return lookups, []
-    after_image = {query: words for query, words in question_words if words[0] > first_cell + GRID_SIZE**2}
+    after_image = {query: words for query, words in question_words if words[0] > max(cells.values())}
     routed, relays, words, previous = [], [], None, None
     for query, cell in lookups:
         if query in after_image or previous is None or query != previous + 1:  # a new answer
