@@ -95,10 +95,11 @@ def test_cell_words_are_single_tokens_in_grid_order():
 
 
 @pytest.mark.slow
-def test_demo_fast_end_to_end(tmp_path, monkeypatch, capsys):
-    """`vlmforge demo --fast` as a newcomer runs it (in their own folder, environment not activated):
-    clearly above blind, the exported model loads natively, and the printed next command works
-    pasted into a fresh shell there."""
+def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
+    """`vlmforge demo` with its defaults, as a newcomer runs it (in their own folder, environment not
+    activated): the bars of docs/demo.md (>= 99 % overall, >= 95 % for every question type in both
+    languages, blind <= 30 %), the exported model loads natively, and the printed next command works
+    pasted into a fresh shell there. (Its time, <= 300 s on a 2-core CPU, is a benchmark, not a test.)"""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from vlmforge.cli import main
@@ -107,23 +108,18 @@ def test_demo_fast_end_to_end(tmp_path, monkeypatch, capsys):
     user.mkdir()
     monkeypatch.chdir(user)
     monkeypatch.setenv("PATH", FRESH_SHELL_PATH)
-    assert main(["demo", "--fast"]) == 0
+    assert main(["demo"]) == 0
     out = user / "demo-out"
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert list(report["accuracy"]) == ["colour", "shape", "position", "count", "by_position", "follow_up"]
     assert all(set(by_lang) == {"en", "zh"} for by_lang in report["accuracy"].values())
     assert set(report["machine"]) == {"cpu", "cores", "torch_threads"} and report["machine"]["cpu"]
     assert list(report["stage_seconds"]) == ["data", "parts", "build", "align", "instruct", "eval"]
-    # Measured on 2026-12-02 (2-core AMD EPYC, 2 threads, alone): 67.9 % vs 20.4 % blind, count 100 / 100 %
-    # vs blind 30 / 35 %. The bar here is what --fast reliably shows: the model reads the
-    # image (far above blind on counting, and above blind overall); the default run's figures are in
-    # docs/demo.md.
-    assert report["overall"] >= report["blind_overall"] + 0.1, report
-    assert min(report["accuracy"]["count"].values()) >= 0.8, report
-    assert max(report["blind_accuracy"]["count"].values()) <= 0.6, report
-    # follow-ups (asked after the image) read it too: 70 / 60 % vs blind 25 / 15 % in that run (they were at
-    # chance once: issue 21)
-    assert min(report["accuracy"]["follow_up"].values()) >= max(report["blind_accuracy"]["follow_up"].values()) + 0.15
+    assert report["num_test"] == 1200
+    assert report["overall"] >= 0.99, report["accuracy"]
+    assert all(accuracy >= 0.95 for by_lang in report["accuracy"].values() for accuracy in by_lang.values()), \
+        report["accuracy"]
+    assert report["blind_overall"] <= 0.30, report["blind_accuracy"]
     assert report["model_dir"] == "demo-out/model"
     printed = capsys.readouterr()
     assert "Loading weights" not in printed.err and "Writing model shards" not in printed.err  # its own bars only
@@ -144,8 +140,8 @@ def _printed_next_command_works_pasted(printed: str, report: dict, folder):
     import subprocess
 
     lines = printed.splitlines()
-    assert lines[0].startswith("demo --fast: about "), printed
-    assert any(line.startswith("  without --fast: about ") for line in lines[:3]), printed
+    assert lines[0].startswith("demo: about "), printed
+    assert any(line.startswith("  with --fast: about ") for line in lines[:3]), printed
     sample = report["samples"][0]
     shown_image = f"demo-out/data/{sample['image']}"
     assert f"image {shown_image}: {sample['description']}" in printed
@@ -188,15 +184,15 @@ def _chat_answers_equal_the_evaluated_ones(out):
 
 def test_estimate_reproduces_the_measured_reference_run():
     """With the step time the probe measured before a real run (2-core EPYC, 2 threads, alone on the
-    machine, 2026-12-02), the stage model gives the time that run took: 246 s (parts 132 s)."""
+    machine, 2026-12-02), the stage model gives the time that run took: 265 s (parts 149 s)."""
     from vlmforge.demo.estimate import STEP_PER_PROBE_STEP, estimate_stage_seconds
     from vlmforge.demo.pipeline import DEFAULT_BUDGET, STAGES
 
-    probe = 0.0808  # its plain probe step (printed as 86 ms with the factor of the day, 1.065)
+    probe = 0.1039  # its plain probe step (printed as 116 ms with the factor of its day, 1.117)
     default = estimate_stage_seconds(DEFAULT_BUDGET, probe * STEP_PER_PROBE_STEP)
     assert list(default) == list(STAGES)
-    assert sum(default.values()) == pytest.approx(246, rel=0.02)
-    assert default["parts"] == pytest.approx(132, rel=0.02)
+    assert sum(default.values()) == pytest.approx(265, rel=0.02)
+    assert default["parts"] == pytest.approx(149, rel=0.02)
     twice_as_slow = estimate_stage_seconds(DEFAULT_BUDGET, 2 * probe * STEP_PER_PROBE_STEP)
     assert sum(twice_as_slow.values()) == pytest.approx(2 * sum(default.values()))
 

@@ -15,26 +15,27 @@ from __future__ import annotations
 import time
 
 # The reference run (seed 0 of the default budget, 2-core AMD EPYC, torch's 2 threads, alone on the
-# machine; 2026-12-02): its probe step took 80.8 ms, the LM's 1 000 steps 90.2 s.
-REFERENCE_STEP_SECONDS = 90.2 / 1000
-# Its other stage times, per unit of work: data 11.6 s for 21 200 scenes; parts, besides the LM's steps,
-# 6.8 s for 150 vision steps, ~15 ms per text answer of the LM alone (240) and the rest, 31.7 s, for the
-# 11 000 pre-training records (tokenizer, encoding, images); build under 1 s; align 15.5 s for 80 steps;
-# instruct 80.1 s for 400 steps; eval 6.6 s for 2 × 1200 answers.
-SECONDS_PER_SCENE = 11.6 / 21_200
-SECONDS_PER_VISION_STEP = 6.8 / 150
-SECONDS_PER_RECORD = 31.7 / 11_000
+# machine; 2026-12-02, LM of 4 heads): its probe step took 103.9 ms, the LM's 1 000 steps 96.3 s.
+REFERENCE_STEP_SECONDS = 96.25 / 1000
+# Its other stage times, per unit of work: data 12.5 s for 21 200 scenes; parts, besides the LM's steps,
+# 14.6 s for 300 vision steps (with loading the images and the probe), ~15 ms per text answer of the LM
+# alone (240) and the rest, 34.5 s, for the 11 000 pre-training records (tokenizer, encoding); build
+# under 1 s; align 14.2 s for 80 steps; instruct 82.9 s for 400 steps; eval 6.1 s for 2 × 1200 answers.
+SECONDS_PER_SCENE = 12.5 / 21_200
+SECONDS_PER_VISION_STEP = 14.6 / 300
+SECONDS_PER_RECORD = 34.5 / 11_000
 SECONDS_PER_TEXT_ANSWER = 0.015
 BUILD_SECONDS = 0.4
-SECONDS_PER_ALIGN_STEP = 15.5 / 80
-SECONDS_PER_INSTRUCT_STEP = 80.1 / 400
-SECONDS_PER_EVAL_ANSWER = 6.6 / 2400
+SECONDS_PER_ALIGN_STEP = 14.2 / 80
+SECONDS_PER_INSTRUCT_STEP = 82.9 / 400
+SECONDS_PER_EVAL_ANSWER = 6.1 / 2400
 # The probe's batch: 32 random texts of ~36 tokens, a vocabulary of 640 (the demo's are longer and larger:
 # STEP_PER_PROBE_STEP carries the difference).
 PROBE_BATCH, PROBE_LENGTH, PROBE_VOCAB = 32, 36, 640
 # A real step (composed cell words, the lookup hint's eager attention, logits only where trained)
-# against the probe's plain step: 90.2 / 80.8 ms in the reference run.
-STEP_PER_PROBE_STEP = 1.117
+# against the probe's plain step: 96.3 / 103.9 ms in the reference run. (The probe is noisy: ±20 % between
+# two probes in one session; the previous reference, with 8 heads of 16, had 90.2 / 80.8 ms.)
+STEP_PER_PROBE_STEP = 0.926
 
 
 def measure_lm_step_seconds(max_seconds: float = 1.0, warmup_steps: int = 2, timed_steps: int = 5) -> float:
