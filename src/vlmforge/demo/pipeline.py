@@ -62,8 +62,8 @@ class DemoBudget:
 
 DEFAULT_BUDGET = DemoBudget(num_train=20_000, num_test=1200, vision_steps=300, lm_steps=1000, lm_records=10_000,
                             lm_captions=1000, align_steps=None, instruct_steps=None)
-FAST_BUDGET = DemoBudget(num_train=4000, num_test=240, vision_steps=100, lm_steps=700, lm_records=4000, lm_captions=400,
-                         align_steps=40, instruct_steps=120)
+FAST_BUDGET = DemoBudget(num_train=3000, num_test=240, vision_steps=100, lm_steps=550, lm_records=3000, lm_captions=300,
+                         align_steps=30, instruct_steps=120)
 
 # Half the training conversations go on about their image for a turn or two, so follow-up questions
 # (asked after the image, not before it) are learned as well as first ones.
