@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_tiling.py"
 
@@ -67,7 +68,7 @@ def test_tower_records_label_tiles_per_cell_and_views_per_region(script, tmp_pat
     assert len(images) == 12
     assert [r["meta"]["objects"] for r in images[4:]] == [r["meta"]["objects"] for r in records]
     for record in images:
-        with __import__("PIL").Image.open(tmp_path / "tower" / record["images"][0]) as image:
+        with Image.open(tmp_path / "tower" / record["images"][0]) as image:
             assert image.size == (48, 48)
     assert [(r["type"], r["lang"]) for r in records[:4]] == [("shape_at", "en"), ("colour_at", "en"),
                                                              ("shape_at", "zh"), ("colour_at", "zh")]
@@ -80,7 +81,7 @@ def test_pre_training_tiles_hold_up_to_nine_objects_each_in_its_cell(script, tmp
     counts = [len(record["meta"]["objects"]) for record in images]
     assert len(images) == 40 and max(counts) > 3 and min(counts) >= 0 and max(counts) <= 9
     for record in images:
-        pixels = np.asarray(__import__("PIL").Image.open(tmp_path / record["images"][0]))
+        pixels = np.asarray(Image.open(tmp_path / record["images"][0]))
         for obj in record["meta"]["objects"]:
             cell = pixels[obj["row"] * 16:(obj["row"] + 1) * 16, obj["col"] * 16:(obj["col"] + 1) * 16]
             assert (cell == COLOUR_BY_NAME[obj["colour"]].rgb).all(-1).sum() >= 20  # drawn small in its own cell
@@ -97,7 +98,7 @@ def test_probe_images_are_held_out_from_the_towers_pre_training(script, tmp_path
                                  train.parent, 12, 0)
 
     def drawn(records, root):  # the images with an object in them (blank tiles are alike by design)
-        return {np.asarray(__import__("PIL").Image.open(root / r["images"][0])).tobytes()
+        return {np.asarray(Image.open(root / r["images"][0])).tobytes()
                 for r in records if r["meta"]["objects"]}
 
     assert [Path(r["images"][0]).name.split("-")[0] for r in probes] == ["tile"] * 12 + ["view"] * 12

@@ -38,7 +38,8 @@ from pathlib import Path
 
 from vlmforge.data.chat_templates import IMAGE_PLACEHOLDER
 from vlmforge.data.tokenize import IGNORE_INDEX, EncodedSample, encode_conversation, encode_prompt
-from vlmforge.demo.cell_words import cell_word_composition, composed_embedding_matrix, place_words, record_cell_words
+from vlmforge.demo.cell_words import (CONTENTS, cell_word_composition, composed_embedding_matrix, place_words,
+                                      record_cell_words)
 from vlmforge.data.synth_scenes import GRID_SIZE
 from vlmforge.demo.training_loop import run_steps, update, write_metrics
 from vlmforge.errors import ConfigError, DataError
@@ -71,7 +72,7 @@ def lm_samples(records: list[dict], tokenizer) -> list[LmSample]:
     """Every record as an `LmSample`; a record's `meta.turn_cells` (if any) gives its hint targets."""
     cell_ids, weights = cell_word_composition(tokenizer)
     naming = {int(cell): set(row.nonzero().flatten().tolist()) for cell, row in zip(cell_ids, weights)}
-    cell_of = {int(cell): index // (len(cell_ids) // GRID_SIZE**2) for index, cell in enumerate(cell_ids)}
+    cell_of = {int(cell): index // len(CONTENTS) for index, cell in enumerate(cell_ids)}  # cell-major order
     forms_per_place = len(place_words()) // GRID_SIZE**2
     place_cells = {tokenizer.convert_tokens_to_ids(word): index // forms_per_place for index, word in enumerate(place_words())}
     samples = []

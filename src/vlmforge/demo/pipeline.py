@@ -69,7 +69,7 @@ FAST_BUDGET = DemoBudget(num_train=3000, num_test=240, vision_steps=100, lm_step
 # (asked after the image, not before it) are learned as well as first ones.
 MULTI_TURN_FRACTION = 0.5
 
-# The LM the demo pre-trains (measured in docs/demo.md): small enough for a thousand steps a minute.
+# The LM the demo pre-trains (measured in docs/demo.md): small enough for a thousand steps in ~1.5 min.
 # Four heads of 32 dimensions, not eight of 16: RoPE then has twice the frequencies, sharp ones to tell
 # neighbouring image tokens apart and slow ones for follow-ups to find a cell by content far back
 # (8 × 16: 97.2 % with the VLM's errors on the image token next to the asked one; 4 × 32: 98.9 %).
